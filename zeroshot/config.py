@@ -1,0 +1,80 @@
+"""Typed configuration shared by the Python API, the CLI, Serve and Ray Data."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_MODEL = "valhalla/distilbart-mnli-12-1"
+DEFAULT_TEMPLATE = "This example is {}."
+
+Device = Literal["auto", "cpu", "cuda"] | str
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class Limits(BaseModel):
+    """Bounds on one request, enforced by `encode` before any tokenization work."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_labels: int = Field(100, ge=1, description="Most candidate labels one request may carry.")
+    max_sequences: int = Field(
+        256, ge=1, description="Most sequences (texts) one request may carry."
+    )
+    max_chars: int = Field(
+        100_000,
+        ge=1,
+        description="Most characters in one sequence; longer texts are refused, not truncated "
+        "(token truncation to the model's limit still applies below this).",
+    )
+
+
+class ModelConfig(BaseModel):
+    """Which model to load and how to run it."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(DEFAULT_MODEL, description="Hugging Face hub id or local directory.")
+    revision: str | None = Field(
+        None, description="Hub revision (branch, tag or commit); None means the default branch."
+    )
+    device: str = Field(
+        "auto",
+        description="'auto' (CUDA when a GPU is visible, else CPU), 'cpu', 'cuda' or 'cuda:N'.",
+    )
+    dtype: DType = Field(
+        "auto",
+        description="'auto' picks bfloat16 where the hardware runs it natively (CUDA with bf16, "
+        "a CPU with AMX or AVX512-BF16) and float32 elsewhere; 'float32' is the exact mode.",
+    )
+
+
+class BatchingConfig(BaseModel):
+    """How `score` cuts sorted pairs into forward passes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_tokens: int = Field(
+        16384,
+        ge=1,
+        description="Budget of padded tokens (longest pair x pairs) in one forward pass.",
+    )
+    max_batch_pairs: int = Field(
+        256, ge=1, description="Most pairs in one forward pass, whatever their length."
+    )
+    pad_to_multiple_of: int = Field(
+        8, ge=1, description="Right-pad each batch to a multiple of this length (kernel-friendly)."
+    )
+
+
+class EngineConfig(BaseModel):
+    """Everything the engine needs: model, batching and request limits."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Model to load.")
+    batching: BatchingConfig = Field(
+        default_factory=BatchingConfig, description="Forward-pass batching."
+    )
+    limits: Limits = Field(default_factory=Limits, description="Per-request input limits.")

@@ -1,0 +1,111 @@
+"""A classification request, validated and normalized the way the transformers pipeline does."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from zeroshot.config import DEFAULT_TEMPLATE, Limits
+from zeroshot.errors import (
+    InvalidTemplateError,
+    InvalidTextError,
+    NoLabelsError,
+    NoTextError,
+    TextTooLongError,
+    TooManyLabelsError,
+    TooManySequencesError,
+)
+
+
+def parse_labels(candidate_labels: str | Sequence[str] | None) -> list[str]:
+    """Labels as a list, or one comma-separated string split and stripped (pipeline rule)."""
+    if candidate_labels is None:
+        raise NoLabelsError("candidate_labels is required: give at least one label.")
+    if isinstance(candidate_labels, str):
+        return [label.strip() for label in candidate_labels.split(",") if label.strip()]
+    labels = list(candidate_labels)
+    for label in labels:
+        if not isinstance(label, str):
+            raise NoLabelsError(
+                f"every candidate label must be a string, got {type(label).__name__}."
+            )
+    return labels
+
+
+def format_hypothesis(template: str, label: str) -> str:
+    try:
+        return template.format(label)
+    except (IndexError, KeyError, ValueError) as exc:
+        raise InvalidTemplateError(
+            f'hypothesis_template "{template}" cannot be formatted with a label ({exc!r}); '
+            "use {} where the label goes, e.g. \"This example is {}.\""
+        ) from None
+
+
+@dataclass(frozen=True)
+class ClassificationRequest:
+    """Sequences to classify against one label set, template and multi-label flag."""
+
+    sequences: tuple[str, ...]
+    labels: tuple[str, ...]
+    hypothesis_template: str = DEFAULT_TEMPLATE
+    multi_label: bool = False
+
+    @classmethod
+    def create(
+        cls,
+        sequences: str | Sequence[str],
+        candidate_labels: str | Sequence[str] | None,
+        hypothesis_template: str = DEFAULT_TEMPLATE,
+        multi_label: bool = False,
+        limits: Limits | None = None,
+    ) -> ClassificationRequest:
+        """Validate and normalize; raises a `zeroshot.errors.InvalidInputError` subclass."""
+        limits = limits or Limits()
+        if isinstance(sequences, str):
+            sequences = [sequences]
+        elif sequences is None or isinstance(sequences, (bytes, dict)):
+            raise InvalidTextError(
+                f"sequences must be a string or a list of strings, got {type(sequences).__name__}."
+            )
+        sequences = list(sequences)
+        if not sequences:
+            raise NoTextError("give at least one sequence to classify.")
+        if len(sequences) > limits.max_sequences:
+            raise TooManySequencesError(
+                f"{len(sequences)} sequences in one request; the limit is {limits.max_sequences}."
+            )
+        for i, text in enumerate(sequences):
+            check_text(text, limits, where=f"sequence {i}" if len(sequences) > 1 else "sequence")
+        labels = parse_labels(candidate_labels)
+        if not labels:
+            raise NoLabelsError("give at least one candidate label.")
+        if len(labels) > limits.max_labels:
+            raise TooManyLabelsError(
+                f"{len(labels)} candidate labels in one request; the limit is {limits.max_labels}."
+            )
+        if not isinstance(hypothesis_template, str):
+            raise InvalidTemplateError("hypothesis_template must be a string containing {}.")
+        if format_hypothesis(hypothesis_template, labels[0]) == hypothesis_template:
+            raise InvalidTemplateError(
+                f'hypothesis_template "{hypothesis_template}" was not able to be formatted with '
+                "the target labels: it must contain {} where the label goes."
+            )
+        return cls(tuple(sequences), tuple(labels), hypothesis_template, bool(multi_label))
+
+    @property
+    def num_pairs(self) -> int:
+        return len(self.sequences) * len(self.labels)
+
+
+def check_text(text: object, limits: Limits, where: str = "sequence") -> str:
+    if not isinstance(text, str):
+        kind = "null" if text is None else type(text).__name__
+        raise InvalidTextError(f"{where} must be a string, got {kind}.")
+    if not text:
+        raise NoTextError(f"{where} is empty: give some text to classify.")
+    if len(text) > limits.max_chars:
+        raise TextTooLongError(
+            f"{where} has {len(text)} characters; the limit is {limits.max_chars}."
+        )
+    return text

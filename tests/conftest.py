@@ -33,11 +33,3 @@ def reference_pipeline(tiny_model):
     from transformers import pipeline
 
     return pipeline("zero-shot-classification", model=tiny_model, device=-1)
-
-
-def assert_same_result(actual: dict, expected: dict, tol: float = 1e-5) -> None:
-    assert actual["sequence"] == expected["sequence"]
-    assert actual["labels"] == expected["labels"], (actual, expected)
-    assert len(actual["scores"]) == len(expected["scores"])
-    for a, e in zip(actual["scores"], expected["scores"]):
-        assert abs(a - e) <= tol, (actual, expected)

@@ -38,7 +38,8 @@ class NliLabels:
         if entailment == -1:
             log.warning(
                 "no label starting with 'entail' in label2id %s; using the last logit as "
-                "entailment, as the transformers pipeline does", dict(label2id)
+                "entailment, as the transformers pipeline does",
+                dict(label2id),
             )
         contradiction = -1 if entailment == 0 else 0
         return cls(entailment, contradiction, {int(i): n for n, i in label2id.items()})

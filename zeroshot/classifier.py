@@ -8,11 +8,10 @@ import numpy as np
 
 from zeroshot.assemble import ClassificationResult
 from zeroshot.config import DEFAULT_MODEL, DEFAULT_TEMPLATE, BatchingConfig, Limits
-from zeroshot.devices import dtype_name, resolve_device, resolve_dtype
+from zeroshot.devices import dtype_name
 from zeroshot.encode import EncodedRequest
 from zeroshot.errors import ZeroShotError
 from zeroshot.frontend import Frontend
-from zeroshot.loading import load_config, load_model, load_tokenizer
 from zeroshot.requests import ClassificationRequest
 from zeroshot.score import Scorer, ScoreStats
 
@@ -37,12 +36,9 @@ class ZeroShotClassifier:
         batching: BatchingConfig | None = None,
         limits: Limits | None = None,
     ) -> ZeroShotClassifier:
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
-        config = load_config(model, revision)
-        frontend = Frontend(load_tokenizer(model, revision), config, limits)
-        weights = load_model(model, revision, torch_device, torch_dtype)
-        return cls(frontend, Scorer(weights, frontend.pad_token_id, batching), model, revision)
+        frontend = Frontend.from_pretrained(model, revision, limits)
+        scorer = Scorer.from_pretrained(model, revision, device, dtype, batching)
+        return cls(frontend, scorer, model, revision)
 
     @property
     def device(self) -> str:
@@ -60,7 +56,9 @@ class ZeroShotClassifier:
         multi_label: bool = False,
     ) -> ClassificationResult | list[ClassificationResult]:
         """Same arguments and result as `pipeline("zero-shot-classification")(...)`."""
-        request = self.frontend.request(sequences, candidate_labels, hypothesis_template, multi_label)
+        request = self.frontend.request(
+            sequences, candidate_labels, hypothesis_template, multi_label
+        )
         (results,) = self.classify_batch([request], raise_errors=True)
         return results[0] if isinstance(sequences, str) else results
 

@@ -35,7 +35,9 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         try:
             return _DTYPES[dtype]
         except KeyError:
-            raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {dtype!r}") from None
+            raise ValueError(
+                f"dtype must be one of auto, {', '.join(_DTYPES)}; got {dtype!r}"
+            ) from None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     if device.type == "cpu" and os.environ.get("ZEROSHOT_CPU_BF16", "auto") != "0":

@@ -23,7 +23,7 @@ _HYPOTHESIS_CACHE_SIZE = 65_536
 
 @dataclass
 class EncodedRequest:
-    """Pair ids of one request, sequence-major: pair `i * len(labels) + j` is (sequence i, label j)."""
+    """Pair ids of one request, sequence-major: pair `i * n_labels + j` is (sequence i, label j)."""
 
     request: ClassificationRequest
     pairs: list[np.ndarray]

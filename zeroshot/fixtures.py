@@ -12,21 +12,22 @@ from pathlib import Path
 
 MNLI_LABELS = ("contradiction", "neutral", "entailment")
 
-_WORDS = """the a an of to and in is it that for on with as was by this be are from at or not
-have has had but they you we he she his her their them what which when where who why how all
-any some many most more less few each every both other such only own same so than too very can
-will just should now new old good bad great small large long short high low first last next
-early late young big little right left best better worst world life time year day week month
-news sport sports football game team player match season win lost score goal coach league
-politics election vote government minister party law court policy president senate tax budget
-economy market stock price bank money business company trade growth jobs inflation investor
-science research study data model computer software phone tablet internet network security
-health doctor hospital disease virus vaccine patient medicine diet food travel city country
-music film movie book art show song album actor director festival culture history weather
-rain storm sun snow climate energy oil gas power car train flight airport road water river
-urgent problem issue support help service order delivery refund account payment email password
-love happy sad angry afraid calm excited bored tired hungry friendly polite rude strange
-technology education school student teacher university exam class lesson family child parent
+_WORDS = """
+the a an of to and in is it that for on with as was by this be are from at or not have has had
+but they you we he she his her their them what which when where who why how all any some many
+most more less few each every both other such only own same so than too very can will just
+should now new old good bad great small large long short high low first last next early late
+young big little right left best better worst world life time year day week month news sport
+sports football game team player match season win lost score goal coach league politics
+election vote government minister party law court policy president senate tax budget economy
+market stock price bank money business company trade growth jobs inflation investor science
+research study data model computer software phone tablet internet network security health
+doctor hospital disease virus vaccine patient medicine diet food travel city country music film
+movie book art show song album actor director festival culture history weather rain storm sun
+snow climate energy oil gas power car train flight airport road water river urgent problem
+issue support help service order delivery refund account payment email password love happy sad
+angry afraid calm excited bored tired hungry friendly polite rude strange technology education
+school student teacher university exam class lesson family child parent
 """.split()
 
 _UNICODE = ["café", "naïve", "Zürich", "東京", "données", "Москва", "🙂", "🚀", "🎉", "—", "€", "ß"]
@@ -84,15 +85,27 @@ def train_tokenizer(vocab_size: int, model_max_length: int, seed: int = 0):
 def _shape(size: str, vocab_size: int) -> dict:
     if size == "tiny":
         return dict(
-            vocab_size=vocab_size, d_model=64, encoder_layers=2, decoder_layers=1,
-            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
-            decoder_ffn_dim=128, max_position_embeddings=128,
+            vocab_size=vocab_size,
+            d_model=64,
+            encoder_layers=2,
+            decoder_layers=1,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=128,
+            decoder_ffn_dim=128,
+            max_position_embeddings=128,
         )
     if size == "full":  # valhalla/distilbart-mnli-12-1
         return dict(
-            vocab_size=50265, d_model=1024, encoder_layers=12, decoder_layers=1,
-            encoder_attention_heads=16, decoder_attention_heads=16, encoder_ffn_dim=4096,
-            decoder_ffn_dim=4096, max_position_embeddings=1024,
+            vocab_size=50265,
+            d_model=1024,
+            encoder_layers=12,
+            decoder_layers=1,
+            encoder_attention_heads=16,
+            decoder_attention_heads=16,
+            encoder_ffn_dim=4096,
+            decoder_ffn_dim=4096,
+            max_position_embeddings=1024,
         )
     raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
 
@@ -124,9 +137,17 @@ def make_test_model(
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={name: i for i, name in enumerate(labels)},
-        bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2,
-        forced_eos_token_id=2, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-        classifier_dropout=0.0, scale_embedding=False, init_std=init_std,
+        bos_token_id=0,
+        pad_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+        forced_eos_token_id=2,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        classifier_dropout=0.0,
+        scale_embedding=False,
+        init_std=init_std,
     )
     torch.manual_seed(seed)
     model = BartForSequenceClassification(config).eval()

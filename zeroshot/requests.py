@@ -38,7 +38,7 @@ def format_hypothesis(template: str, label: str) -> str:
     except (IndexError, KeyError, ValueError) as exc:
         raise InvalidTemplateError(
             f'hypothesis_template "{template}" cannot be formatted with a label ({exc!r}); '
-            "use {} where the label goes, e.g. \"This example is {}.\""
+            'use {} where the label goes, e.g. "This example is {}."'
         ) from None
 
 

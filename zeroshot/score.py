@@ -37,9 +37,7 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def plan_batches(
-    lengths: np.ndarray, batching: BatchingConfig
-) -> list[tuple[np.ndarray, int]]:
+def plan_batches(lengths: np.ndarray, batching: BatchingConfig) -> list[tuple[np.ndarray, int]]:
     """Index groups and their padded length, longest first, each under the token budget."""
     order = np.argsort(-np.asarray(lengths), kind="stable")
     plan = []
@@ -79,6 +77,24 @@ class Scorer:
         first = next(model.parameters())
         self.device, self.dtype = first.device, first.dtype
         self.num_labels = int(model.config.num_labels)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str,
+        revision: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        batching: BatchingConfig | None = None,
+    ) -> Scorer:
+        """Load the weights on `device` ('auto': CUDA when visible) in `dtype` ('auto': bf16 where
+        native). The pad id comes from the model config, so no tokenizer is needed."""
+        from zeroshot.devices import resolve_device, resolve_dtype
+        from zeroshot.loading import load_model
+
+        torch_device = resolve_device(device)
+        weights = load_model(model, revision, torch_device, resolve_dtype(dtype, torch_device))
+        return cls(weights, weights.config.pad_token_id, batching)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

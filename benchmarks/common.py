@@ -1,0 +1,79 @@
+"""Shared pieces of the benchmarks: the seeded workload, the bare forward limit, result files."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+FULL_MODEL = ROOT / ".bench" / "full"
+RESULTS = Path(__file__).resolve().parent / "results"
+LABELS = ["politics", "sports", "technology", "health", "business"]
+
+
+def ensure_full_model(path: Path = FULL_MODEL) -> str:
+    """The `full` fixture (distilbart-mnli-12-1's exact shape, random weights), built once."""
+    if not (path / "model.safetensors").exists() or not (path / "tokenizer.json").exists():
+        print(f"building the full fixture model in {path} ...", file=sys.stderr)
+        subprocess.run(
+            [sys.executable, "-m", "zeroshot", "make-test-model", str(path), "--size", "full"],
+            check=True,
+        )
+    return str(path)
+
+
+def seeded_texts(n: int, seed: int = 0) -> list[str]:
+    """`n` texts from a few words to several hundred tokens, skewed short like real traffic.
+
+    Word counts: 70% 3-30 words, 22% 30-120, 8% 120-400 (about 1.3 tokens a word here).
+    """
+    from zeroshot.fixtures import _WORDS
+
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(n):
+        r = rng.random()
+        lo, hi = (3, 30) if r < 0.70 else (30, 120) if r < 0.92 else (120, 400)
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(lo, hi))]
+        text = " ".join(words)
+        texts.append(text[0].upper() + text[1:] + ".")
+    return texts
+
+
+def bare_limit(model_dir: str, dtype: str, pairs, batching=None, device: str = "cpu") -> dict:
+    """Forward-pass throughput with no overhead: pre-tokenized pairs, length-sorted batches
+    padded before the clock starts; only `model(...)` calls are timed."""
+    from zeroshot.score import Scorer, pad_batch, plan_batches
+
+    scorer = Scorer.from_pretrained(model_dir, device=device, dtype=dtype, batching=batching)
+    lengths = np.fromiter((len(p) for p in pairs), dtype=np.int64, count=len(pairs))
+    batches = [
+        pad_batch(pairs, idx, padded, scorer.pad_token_id)
+        for idx, padded in plan_batches(lengths, scorer.batching)
+    ]
+    scorer.forward(*batches[-1])  # warm-up on the smallest batch
+    t0 = time.perf_counter()
+    for ids, mask in batches:
+        scorer.forward(ids, mask)
+    seconds = time.perf_counter() - t0
+    return {
+        "pairs": len(pairs),
+        "seconds": seconds,
+        "pairs_per_s": len(pairs) / seconds,
+        "dtype": str(scorer.dtype).removeprefix("torch."),
+        "batches": len(batches),
+    }
+
+
+def write_results(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2))
+    print(json.dumps(data, indent=2))
+    return path

@@ -1,0 +1,100 @@
+"""Every bad input raises its typed error, with a status code and a readable message."""
+
+from __future__ import annotations
+
+import pytest
+
+from zeroshot import ClassificationRequest, Limits, ZeroShotClassifier
+from zeroshot.errors import (
+    ErrorType,
+    HypothesisTooLongError,
+    InvalidInputError,
+    InvalidTemplateError,
+    InvalidTextError,
+    ModelLoadError,
+    NoLabelsError,
+    NoTextError,
+    TextTooLongError,
+    TooManyLabelsError,
+    TooManySequencesError,
+    ZeroShotError,
+)
+
+
+@pytest.fixture(scope="module")
+def clf(tiny_model) -> ZeroShotClassifier:
+    return ZeroShotClassifier.from_pretrained(
+        tiny_model, dtype="float32", limits=Limits(max_labels=5, max_sequences=3, max_chars=50)
+    )
+
+
+@pytest.mark.parametrize(
+    ("sequences", "labels", "template", "error"),
+    [
+        ("text", [], "This is {}.", NoLabelsError),
+        ("text", "", "This is {}.", NoLabelsError),
+        ("text", " , ,", "This is {}.", NoLabelsError),
+        ("text", None, "This is {}.", NoLabelsError),
+        ("text", ["a", 3], "This is {}.", NoLabelsError),
+        ("", ["a"], "This is {}.", NoTextError),
+        ([], ["a"], "This is {}.", NoTextError),
+        (["ok", ""], ["a"], "This is {}.", NoTextError),
+        (None, ["a"], "This is {}.", InvalidTextError),
+        ([None], ["a"], "This is {}.", InvalidTextError),
+        (["ok", 12], ["a"], "This is {}.", InvalidTextError),
+        ({"a": 1}, ["a"], "This is {}.", InvalidTextError),
+        ("text", ["a"], "no placeholder", InvalidTemplateError),
+        ("text", ["a"], "{label}", InvalidTemplateError),
+        ("text", ["a"], "{0} {1}", InvalidTemplateError),
+        ("text", ["a"], "unbalanced {", InvalidTemplateError),
+        ("text", list("abcdef"), "This is {}.", TooManyLabelsError),
+        (["a", "b", "c", "d"], ["a"], "This is {}.", TooManySequencesError),
+        ("x" * 51, ["a"], "This is {}.", TextTooLongError),
+        ("text", ["word " * 200], "This is {}.", HypothesisTooLongError),
+    ],
+)
+def test_bad_input_raises_typed_error(clf, sequences, labels, template, error):
+    with pytest.raises(error) as info:
+        clf(sequences, labels, template)
+    exc = info.value
+    assert isinstance(exc, InvalidInputError) and isinstance(exc, ValueError)
+    assert exc.message and 400 <= exc.type.status < 500
+    assert exc.to_dict() == {"type": exc.type.value, "message": exc.message}
+
+
+def test_error_types_map_to_documented_codes():
+    assert ErrorType.INVALID_JSON.status == 400
+    assert ErrorType.NO_LABELS.status == 422
+    assert ErrorType.TOO_MANY_LABELS.status == 413
+    assert ErrorType.BODY_TOO_LARGE.status == 413
+    assert ErrorType.UNAUTHORIZED.status == 401
+    assert ErrorType.OVERLOADED.status in (429, 503)
+    assert all(t.status for t in ErrorType)
+
+
+def test_errors_survive_pickling():
+    import pickle
+
+    exc = pickle.loads(pickle.dumps(TooManyLabelsError("too many")))
+    assert isinstance(exc, TooManyLabelsError) and exc.message == "too many"
+
+
+def test_template_check_matches_pipeline_rule():
+    # the pipeline accepts any template that changes when formatted, e.g. positional {0}
+    req = ClassificationRequest.create("t", ["a"], "It is about {0}.")
+    assert req.hypothesis_template == "It is about {0}."
+
+
+def test_unreachable_hub_names_the_model_and_local_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(ModelLoadError) as info:
+        ZeroShotClassifier.from_pretrained("valhalla/distilbart-mnli-12-1", dtype="float32")
+    msg = info.value.message
+    assert "valhalla/distilbart-mnli-12-1" in msg and "local" in msg and "--model" in msg
+    assert isinstance(info.value, ZeroShotError)
+
+
+def test_local_directory_without_model(tmp_path):
+    with pytest.raises(ModelLoadError, match="directory exists"):
+        ZeroShotClassifier.from_pretrained(str(tmp_path), dtype="float32")

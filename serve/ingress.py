@@ -1,0 +1,378 @@
+"""The HTTP ingress: FastAPI through `@serve.ingress`, CPU only.
+
+It validates requests, runs `encode` and `assemble` (the engine's `Frontend`: tokenizer and
+config, never the weights) and calls the classifier deployment through a `DeploymentHandle`
+with plain data. Bodies are read and decoded here, not by FastAPI, so malformed JSON, huge or
+empty bodies and unknown fields get the documented 4xx in the `{"error": ...}` shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve.config import INGRESS_NAME, AppConfig
+from serve.errors import (
+    HTTPError,
+    error_body,
+    error_response,
+    http_error_response,
+    overloaded_response,
+)
+from serve.metrics import Metrics, ingress_metrics
+from serve.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
+    ErrorResponse,
+    HFRequest,
+    LabelScore,
+    parse,
+)
+from serve.wire import pack_pairs
+from zeroshot.config import DEFAULT_TEMPLATE
+from zeroshot.errors import ErrorType, ZeroShotError
+
+log = logging.getLogger("ray.serve")
+
+OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+
+# (ids, lengths) -> logits; the deployment passes its handle, unit tests a local function.
+ScoreFn = Callable[[Any, Any], Awaitable[Any]]
+InfoFn = Callable[[], Awaitable[dict]]
+
+
+def _request_id() -> str:
+    try:
+        return serve.context._get_serve_request_context().request_id or "-"
+    except Exception:  # noqa: BLE001 - outside a replica (unit tests)
+        return "-"
+
+
+async def read_json(request: Request, limit: int) -> object:
+    """The decoded body, refusing more than `limit` bytes before reading them all."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPError(
+            f"the body has {declared} bytes; the limit is {limit}", ErrorType.BODY_TOO_LARGE
+        )
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPError(
+                f"the body exceeds the limit of {limit} bytes", ErrorType.BODY_TOO_LARGE
+            )
+    if not body.strip():
+        raise HTTPError("the body is empty; send a JSON object", ErrorType.INVALID_JSON)
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise HTTPError(f"the body is not valid JSON: {exc}", ErrorType.INVALID_JSON) from None
+
+
+class ApiKeyMiddleware:
+    """Bearer-key check on every route except health and docs (pure ASGI: no body buffering)."""
+
+    def __init__(self, app, key: str):
+        self.app = app
+        self.key = key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or _route_path(scope) in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        given = b""
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    given = token.strip()
+                break
+        if given and hmac.compare_digest(given, self.key):
+            return await self.app(scope, receive, send)
+        response = JSONResponse(
+            error_body(
+                ErrorType.UNAUTHORIZED.value,
+                "missing or wrong API key: send 'Authorization: Bearer <key>'",
+            ),
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+        await response(scope, receive, send)
+
+
+def _route_path(scope) -> str:
+    # Under a Serve route prefix the prefix arrives as root_path; auth is about the app's route.
+    path, root = scope.get("path", "/"), scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :] or "/"
+    return path
+
+
+class Service:
+    """The ingress's work, free of Serve: encode -> score (remote) -> assemble."""
+
+    def __init__(self, config: AppConfig, frontend, score: ScoreFn, info: InfoFn, metrics=None):
+        self.config = config
+        self.frontend = frontend
+        self.score = score
+        self.remote_info = info
+        self.metrics: Metrics = metrics or Metrics([])
+        self._info: dict | None = None
+
+    async def classify(self, sequences, labels, template, multi_label) -> tuple[list, dict]:
+        rid = _request_id()
+        t0 = time.perf_counter()
+        request = self.frontend.request(
+            sequences,
+            labels,
+            DEFAULT_TEMPLATE if template is None else template,
+            bool(multi_label),
+        )
+        # Tokenizing a few hundred long texts takes long enough to stall other requests.
+        encoded = await asyncio.to_thread(self.frontend.encode, request)
+        t1 = time.perf_counter()
+        ids, lengths = pack_pairs(encoded.pairs)
+        logits = await self.score(ids, lengths)
+        t2 = time.perf_counter()
+        results = self.frontend.assemble(encoded, logits)
+        t3 = time.perf_counter()
+        self.metrics.observe("zeroshot_encode_seconds", t1 - t0)
+        self.metrics.observe("zeroshot_assemble_seconds", t3 - t2)
+        usage = {"pairs": len(encoded.pairs), "tokens": encoded.num_tokens}
+        log.info(
+            "classified request_id=%s sequences=%d labels=%d pairs=%d tokens=%d "
+            "encode_ms=%.1f score_ms=%.1f assemble_ms=%.1f",
+            rid,
+            len(request.sequences),
+            len(request.labels),
+            usage["pairs"],
+            usage["tokens"],
+            1e3 * (t1 - t0),
+            1e3 * (t2 - t1),
+            1e3 * (t3 - t2),
+        )
+        return results, usage
+
+    async def info(self) -> dict:
+        if self._info is None:
+            # Device and dtype are decided on the classifier replica (dtype=auto, GPU ids).
+            remote = await self.remote_info()
+            nli = self.frontend.nli
+            cfg = self.config
+            self._info = {
+                "model": cfg.model,
+                "revision": cfg.revision,
+                "device": remote.get("device"),
+                "dtype": remote.get("dtype"),
+                "labels": {
+                    "id2label": {str(k): v for k, v in sorted(nli.id2label.items())},
+                    "entailment_id": nli.entailment_id,
+                    "contradiction_id": nli.contradiction_id,
+                },
+                "max_length": self.frontend.max_length,
+                "limits": {**cfg.limits.model_dump(), "max_body_bytes": cfg.max_body_bytes},
+                "batching": remote.get("batching"),
+                "auth": cfg.resolved_api_key() is not None,
+            }
+        return self._info
+
+    def failed(self, exc: BaseException) -> JSONResponse:
+        """Any failure of a classification as its JSON error response (never a stack trace)."""
+        from ray.exceptions import RayActorError, RayTaskError
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+        if isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None:
+            exc = exc.cause
+        if isinstance(exc, BackPressureError):
+            response = overloaded_response(
+                exc.status_code,
+                exc.retry_after_s if exc.retry_after_s is not None else 1,
+                "the service is at capacity; retry after the Retry-After delay",
+            )
+        elif isinstance(exc, ZeroShotError):
+            response = error_response(exc)
+        elif isinstance(exc, (DeploymentUnavailableError, RayActorError)):
+            response = JSONResponse(
+                error_body(ErrorType.MODEL_UNAVAILABLE.value, "the model is not available now"),
+                status_code=503,
+                headers={"Retry-After": "5"},
+            )
+        else:
+            log.exception("unexpected failure request_id=%s", _request_id(), exc_info=exc)
+            response = JSONResponse(
+                error_body(ErrorType.INTERNAL.value, f"internal error: {type(exc).__name__}"),
+                status_code=500,
+            )
+        body = json.loads(response.body)
+        self.metrics.inc(
+            "zeroshot_request_errors",
+            {"type": body["error"]["type"], "status": str(response.status_code)},
+        )
+        if response.status_code < 500:
+            log.info(
+                "refused request_id=%s status=%d type=%s: %s",
+                _request_id(),
+                response.status_code,
+                body["error"]["type"],
+                body["error"]["message"][:200],
+            )
+        return response
+
+
+_ERRORS = {
+    400: {"model": ErrorResponse, "description": "Malformed JSON or empty body."},
+    401: {"model": ErrorResponse, "description": "API key required and missing or wrong."},
+    413: {"model": ErrorResponse, "description": "Body, labels, sequences or text too large."},
+    422: {"model": ErrorResponse, "description": "Invalid input (fields, types, labels, text)."},
+    503: {"model": ErrorResponse, "description": "Overloaded (Retry-After) or model down."},
+}
+
+
+def create_api(service: Service) -> FastAPI:
+    """The FastAPI app: routes exactly as in DESIGN's public contract."""
+    cfg = service.config
+    app = FastAPI(
+        title="Zero-shot classification",
+        version="1",
+        description=f"Zero-shot text classification with `{cfg.model}` (NLI), on Ray Serve.",
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+
+    def body_doc(model) -> dict:
+        # Bodies are parsed by hand (for the error shape), so describe them for /docs here.
+        schemas[model.__name__] = model
+        return {
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}
+                    }
+                },
+            }
+        }
+
+    schemas: dict[str, type] = {}
+
+    @app.post(
+        "/",
+        response_model=list[LabelScore] | list[list[LabelScore]],
+        responses=_ERRORS,
+        openapi_extra=body_doc(HFRequest),
+        summary="Classify (Hugging Face Inference API shape)",
+    )
+    async def hf_inference(request: Request):
+        try:
+            body = parse(HFRequest, await read_json(request, cfg.max_body_bytes))
+            params = body.parameters
+            results, _ = await service.classify(
+                body.inputs,
+                params.candidate_labels,
+                params.hypothesis_template,
+                params.multi_label,
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure gets the error shape
+            return service.failed(exc)
+        answer = [
+            [{"label": label, "score": score} for label, score in zip(r["labels"], r["scores"])]
+            for r in results
+        ]
+        return JSONResponse(answer[0] if isinstance(body.inputs, str) else answer)
+
+    @app.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        responses=_ERRORS,
+        openapi_extra=body_doc(ClassifyRequest),
+        summary="Classify several sequences against one label set",
+    )
+    async def classify(request: Request):
+        try:
+            body = parse(ClassifyRequest, await read_json(request, cfg.max_body_bytes))
+            results, usage = await service.classify(
+                body.sequences, body.candidate_labels, body.hypothesis_template, body.multi_label
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure gets the error shape
+            return service.failed(exc)
+        return JSONResponse({"model": cfg.model, "results": results, "usage": usage})
+
+    @app.get("/v1/info", summary="Model, device, dtype, label mapping and limits")
+    async def info():
+        try:
+            return JSONResponse(await service.info())
+        except Exception as exc:  # noqa: BLE001
+            return service.failed(exc)
+
+    @app.get("/healthz", summary="Liveness of the HTTP ingress")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_exception(_: Request, exc: StarletteHTTPException):
+        return http_error_response(exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_exception(_: Request, exc: RequestValidationError):
+        return http_error_response(422, f"invalid request: {exc.errors()[:3]}")
+
+    original_openapi = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            spec = original_openapi()
+            components = spec.setdefault("components", {}).setdefault("schemas", {})
+            for name, model in schemas.items():
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(schema.pop("$defs", {}))
+                components[name] = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    key = cfg.resolved_api_key()
+    if key:
+        app.add_middleware(ApiKeyMiddleware, key=key)
+    return app
+
+
+@serve.deployment(
+    name=INGRESS_NAME,
+    max_ongoing_requests=256,
+    max_queued_requests=1024,
+    ray_actor_options={"num_cpus": 0.5},
+)
+@serve.ingress()
+class ZeroShotIngress:
+    """HTTP ingress replica: holds a `Frontend` and a handle to the classifier deployment."""
+
+    def __init__(self, classifier, config: dict):
+        from zeroshot.frontend import Frontend
+
+        self.config = AppConfig.model_validate(config)
+        self.classifier = classifier
+        frontend = Frontend.from_pretrained(
+            self.config.model, self.config.revision, self.config.limits
+        )
+        self.service = Service(self.config, frontend, self._score, self._info, ingress_metrics())
+
+    async def _score(self, ids, lengths):
+        return await self.classifier.score.remote(ids, lengths)
+
+    async def _info(self) -> dict:
+        return await self.classifier.info.remote()
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_api(self.service)

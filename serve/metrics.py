@@ -1,0 +1,93 @@
+"""Custom Serve metrics (exported by Ray's metrics agent as `ray_zeroshot_*` in Prometheus).
+
+One histogram per phase so dashboards can stack them: encode and assemble run in the ingress,
+queue (waiting for a batch and the device) and inference (the forward passes of one batch) in
+the classifier; the batch shape histograms say how well batching works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+SECONDS = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+]  # fmt: skip
+COUNTS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
+TOKENS = [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
+RATIOS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+# name -> (description, boundaries)
+HISTOGRAMS: dict[str, tuple[str, Sequence[float]]] = {
+    "zeroshot_encode_seconds": ("Ingress: validate and tokenize one request.", SECONDS),
+    "zeroshot_assemble_seconds": ("Ingress: logits to label scores for one request.", SECONDS),
+    "zeroshot_queue_seconds": (
+        "Classifier: from a request part's arrival to the start of its batch's forward passes.",
+        SECONDS,
+    ),
+    "zeroshot_inference_seconds": ("Classifier: forward passes of one batch.", SECONDS),
+    "zeroshot_batch_pairs": ("Classifier: NLI pairs in one @serve.batch call.", COUNTS),
+    "zeroshot_batch_parts": (
+        "Classifier: request parts in one @serve.batch call (>1: requests share passes).",
+        COUNTS,
+    ),
+    "zeroshot_batch_padded_tokens": (
+        "Classifier: padded tokens (longest x pairs, per forward pass) in one batch.",
+        TOKENS,
+    ),
+    "zeroshot_batch_padding_ratio": (
+        "Classifier: share of a batch's padded tokens that are padding.",
+        RATIOS,
+    ),
+}
+COUNTERS = {
+    "zeroshot_request_errors": "Ingress: requests answered with an error, by type and status.",
+}
+
+
+class Metrics:
+    """Histograms and counters by name; a no-op outside a Ray worker (unit tests)."""
+
+    def __init__(self, names: Sequence[str], counters: Sequence[str] = ()):
+        self._hist: dict = {}
+        self._count: dict = {}
+        try:
+            from ray.serve.metrics import Counter, Histogram
+
+            for name in names:
+                description, bounds = HISTOGRAMS[name]
+                self._hist[name] = Histogram(name, description=description, boundaries=bounds)
+            for name in counters:
+                self._count[name] = Counter(
+                    name, description=COUNTERS[name], tag_keys=("type", "status")
+                )
+        except Exception:  # noqa: BLE001 - metrics must never break serving
+            self._hist, self._count = {}, {}
+
+    def observe(self, name: str, value: float) -> None:
+        hist = self._hist.get(name)
+        if hist is not None:
+            hist.observe(value)
+
+    def inc(self, name: str, tags: dict[str, str]) -> None:
+        counter = self._count.get(name)
+        if counter is not None:
+            counter.inc(tags=tags)
+
+
+def ingress_metrics() -> Metrics:
+    return Metrics(
+        ["zeroshot_encode_seconds", "zeroshot_assemble_seconds"], ["zeroshot_request_errors"]
+    )
+
+
+def classifier_metrics() -> Metrics:
+    return Metrics(
+        [
+            "zeroshot_queue_seconds",
+            "zeroshot_inference_seconds",
+            "zeroshot_batch_pairs",
+            "zeroshot_batch_parts",
+            "zeroshot_batch_padded_tokens",
+            "zeroshot_batch_padding_ratio",
+        ]
+    )

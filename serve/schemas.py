@@ -1,0 +1,114 @@
+"""Request and response bodies of the HTTP API (DESIGN's public contract).
+
+Structure is checked here (unknown fields, wrong JSON types: 422 validation_error); texts and
+labels are typed loosely on purpose, so the engine's own checks answer with their specific
+types (no_text, too_many_sequences, ...) in the engine's order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+
+from serve.errors import HTTPError
+from zeroshot.errors import ErrorType
+
+Labels = StrictStr | list[Any] | None
+
+
+class HFParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    candidate_labels: Labels = Field(
+        None, description="Labels to score: a list, or one comma-separated string."
+    )
+    multi_label: StrictBool | None = Field(
+        None, description="Score each label independently (default false: scores sum to 1)."
+    )
+    hypothesis_template: StrictStr | None = Field(
+        None, description='Hypothesis with {} for the label (default "This example is {}.").'
+    )
+
+
+class HFRequest(BaseModel):
+    """Hugging Face Inference API zero-shot-classification body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: StrictStr | list[Any] = Field(description="One text, or a list of texts.")
+    parameters: HFParameters = Field(
+        default_factory=HFParameters, description="Labels and scoring options."
+    )
+    options: dict[str, Any] | None = Field(
+        None, description="Inference API options (wait_for_model, use_cache); accepted, ignored."
+    )
+
+
+class ClassifyRequest(BaseModel):
+    """Native body: several sequences against one label set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sequences: StrictStr | list[Any] = Field(description="Texts to classify.")
+    candidate_labels: Labels = Field(
+        None, description="Labels to score: a list, or one comma-separated string."
+    )
+    multi_label: StrictBool | None = Field(
+        None, description="Score each label independently (default false: scores sum to 1)."
+    )
+    hypothesis_template: StrictStr | None = Field(
+        None, description='Hypothesis with {} for the label (default "This example is {}.").'
+    )
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class ClassificationResult(BaseModel):
+    sequence: str
+    labels: list[str]
+    scores: list[float]
+
+
+class Usage(BaseModel):
+    pairs: int = Field(description="NLI pairs scored (sequences x labels).")
+    tokens: int = Field(description="Tokens in those pairs, before padding.")
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    results: list[ClassificationResult]
+    usage: Usage
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+def parse(model: type[BaseModel], payload: object) -> Any:
+    """Validate a decoded JSON body; any structural problem is one 422 validation_error."""
+    if not isinstance(payload, dict):
+        raise HTTPError(
+            f"the body must be a JSON object, got {type(payload).__name__}", ErrorType.VALIDATION
+        )
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False)[:5]:
+            where = ".".join(str(p) for p in err["loc"]) or "body"
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown field '{where}'")
+            else:
+                problems.append(f"'{where}': {err['msg']}")
+        more = exc.error_count() - len(problems)
+        suffix = f" (and {more} more)" if more > 0 else ""
+        raise HTTPError("invalid request: " + "; ".join(problems) + suffix) from None

@@ -180,8 +180,11 @@ def wait_serve(dashboard: str, serve_url: str, timeout: float) -> int:
             status = serve_status(dashboard)
             apps = status.get("applications") or {}
             states = {name: a.get("status") for name, a in apps.items()}
-            failed = {n: a.get("message") for n, a in apps.items() if a.get("status") in (
-                "DEPLOY_FAILED", "UNHEALTHY")}
+            failed = {
+                n: a.get("message")
+                for n, a in apps.items()
+                if a.get("status") in ("DEPLOY_FAILED", "UNHEALTHY")
+            }
             if failed:
                 print(f"Serve application failed: {json.dumps(failed, indent=2)}", file=sys.stderr)
                 return 1

@@ -1,0 +1,142 @@
+"""Typed configuration of the offline job: one object fed by the CLI, `python -m pipelines`
+and `run_job(JobConfig(...))` from a RayJob entrypoint or a notebook."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from zeroshot.config import DEFAULT_TEMPLATE, BatchingConfig, Limits, ModelConfig
+from zeroshot.requests import parse_labels
+
+# Columns the job adds to every output row.
+OUTPUT_COLUMNS = ("labels", "scores", "top_label", "top_score", "error")
+# Ray Data's deterministic id (`read_parquet(include_row_hash=True)`) when no id column is given.
+ROW_HASH_COLUMN = "row_hash"
+# Added only with `record_scorer`: where each row was scored.
+SCORER_COLUMNS = ("scorer_node", "scorer_device")
+
+
+def _split_columns(value: object) -> object:
+    if isinstance(value, str):
+        return [c.strip() for c in value.split(",") if c.strip()]
+    return value
+
+
+class JobConfig(BaseModel):
+    """One offline scoring job: which Parquet to read, how to classify it, where to write."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    input: str = Field(
+        description="Parquet input: one file, a directory (searched recursively; hive "
+        "`key=value` directories become columns) or a glob such as 'data/*.parquet'. Local "
+        "paths or any URI pyarrow resolves (s3://, gs://, ...).",
+    )
+    output: str = Field(
+        description="Output directory of Parquet files (local path or URI). Rows already "
+        "there from an interrupted run of the same job are kept and not scored again.",
+    )
+    labels: list[str] = Field(
+        description="Candidate labels, as a list or one comma-separated string.",
+    )
+    text_column: str = Field("text", description="Column holding the text to classify.")
+    id_column: str | None = Field(
+        None,
+        description="Column with a unique id per row, used to resume an interrupted run. None "
+        f"uses Ray Data's deterministic `{ROW_HASH_COLUMN}` (a hash of file path and row "
+        "position), written to the output under that name.",
+    )
+    keep_columns: list[str] | None = Field(
+        None,
+        description="Input columns to copy to the output (a list or a comma-separated string); "
+        "None keeps every input column. The id column is always kept.",
+    )
+    hypothesis_template: str = Field(
+        DEFAULT_TEMPLATE, description="Hypothesis template; {} is replaced by each label."
+    )
+    multi_label: bool = Field(
+        False,
+        description="Score each label independently (entailment vs contradiction) instead of "
+        "a softmax across labels.",
+    )
+    model: ModelConfig = Field(
+        default_factory=ModelConfig,
+        description="Model, revision, device and dtype of the scoring actors. device 'auto' "
+        "means CUDA when Ray gave the actor a GPU and CUDA works there, else CPU.",
+    )
+    batching: BatchingConfig = Field(
+        default_factory=BatchingConfig,
+        description="How each scoring actor cuts a batch's length-sorted pairs into forward "
+        "passes (padded-token budget).",
+    )
+    limits: Limits = Field(
+        default_factory=Limits,
+        description="Per-text limits; only max_chars applies here (a longer text is a row "
+        "error, text_too_long).",
+    )
+    batch_size: int = Field(
+        256,
+        ge=1,
+        description="Rows per block between stages and per scoring-actor call; each call's "
+        "pairs are sorted by length before they are cut into forward passes.",
+    )
+    num_actors: int | None = Field(
+        None,
+        ge=1,
+        description="Scoring actors. None: one per GPU slot (cluster GPUs / gpus_per_actor) "
+        "when the cluster has GPUs, else one per node.",
+    )
+    gpus_per_actor: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs each scoring actor reserves (fractions share a GPU). None: 1 when the "
+        "cluster has GPUs, else 0 (CPU actors).",
+    )
+    cpus_per_actor: float = Field(
+        1.0, ge=0, description="CPUs each scoring actor reserves in Ray's accounting."
+    )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch intra-op threads of a CPU scoring actor. None: the node's cores "
+        "divided among the actors expected on it (Ray would otherwise pin it to 1 thread).",
+    )
+    encode_tasks: int | None = Field(
+        None,
+        ge=1,
+        description="Most encode tasks running at once. None: 4 per scoring actor.",
+    )
+    rows_per_file: int | None = Field(
+        8192,
+        ge=1,
+        description="Fewest rows per output file (Ray Data bundles blocks up to this before a "
+        "write); None writes one file per block. Smaller files lose less work to an "
+        "interruption.",
+    )
+    address: str | None = Field(
+        None,
+        description="Ray cluster to join: 'auto', 'host:port' or 'ray://...'. None joins "
+        "RAY_ADDRESS when it is set (as inside a KubeRay RayJob), else starts a local Ray; "
+        "a Ray already initialized in this process is always used as is.",
+    )
+    overwrite: bool = Field(
+        False, description="Delete what the output directory holds and score every row again."
+    )
+    show_progress: bool = Field(True, description="Show Ray Data's per-stage progress bars.")
+    record_scorer: bool = Field(
+        False,
+        description=f"Add columns {', '.join(SCORER_COLUMNS)}: the Ray node id and torch device "
+        "that scored each row (for checking placement).",
+    )
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, value: object) -> object:
+        # The pipeline's rule (split on commas, strip); emptiness is checked with the other
+        # request rules before the job starts, as a typed error.
+        return parse_labels(value) if isinstance(value, str) else value
+
+    @field_validator("keep_columns", mode="before")
+    @classmethod
+    def _keep(cls, value: object) -> object:
+        return _split_columns(value)

@@ -128,7 +128,6 @@ class Service:
         self.score = score
         self.remote_info = info
         self.metrics: Metrics = metrics or Metrics([])
-        self._info: dict | None = None
 
     async def classify(self, sequences, labels, template, multi_label) -> tuple[list, dict]:
         rid = _request_id()
@@ -165,27 +164,26 @@ class Service:
         return results, usage
 
     async def info(self) -> dict:
-        if self._info is None:
-            # Device and dtype are decided on the classifier replica (dtype=auto, GPU ids).
-            remote = await self.remote_info()
-            nli = self.frontend.nli
-            cfg = self.config
-            self._info = {
-                "model": cfg.model,
-                "revision": cfg.revision,
-                "device": remote.get("device"),
-                "dtype": remote.get("dtype"),
-                "labels": {
-                    "id2label": {str(k): v for k, v in sorted(nli.id2label.items())},
-                    "entailment_id": nli.entailment_id,
-                    "contradiction_id": nli.contradiction_id,
-                },
-                "max_length": self.frontend.max_length,
-                "limits": {**cfg.limits.model_dump(), "max_body_bytes": cfg.max_body_bytes},
-                "batching": remote.get("batching"),
-                "auth": cfg.resolved_api_key() is not None,
-            }
-        return self._info
+        # Asked each time: device and dtype are decided on the classifier replica (dtype=auto,
+        # GPU ids) and its batching can be retuned on a running app.
+        remote = await self.remote_info()
+        nli = self.frontend.nli
+        cfg = self.config
+        return {
+            "model": cfg.model,
+            "revision": cfg.revision,
+            "device": remote.get("device"),
+            "dtype": remote.get("dtype"),
+            "labels": {
+                "id2label": {str(k): v for k, v in sorted(nli.id2label.items())},
+                "entailment_id": nli.entailment_id,
+                "contradiction_id": nli.contradiction_id,
+            },
+            "max_length": self.frontend.max_length,
+            "limits": {**cfg.limits.model_dump(), "max_body_bytes": cfg.max_body_bytes},
+            "batching": remote.get("batching"),
+            "auth": cfg.resolved_api_key() is not None,
+        }
 
     def failed(self, exc: BaseException) -> JSONResponse:
         """Any failure of a classification as its JSON error response (never a stack trace)."""

@@ -46,7 +46,10 @@ def load_tokenizer(model: str, revision: str | None = None):
 def load_model(model: str, revision: str | None, device, dtype):
     """The sequence-classification model, on `device` in `dtype`, in eval mode."""
     from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
+    # A per-tensor progress bar in every replica's and actor's log is noise, not information.
+    hf_logging.disable_progress_bar()
     try:
         m = AutoModelForSequenceClassification.from_pretrained(
             model, revision=revision, dtype=dtype, trust_remote_code=False

@@ -87,6 +87,18 @@ class InputFiles:
     schema: pa.Schema
     partition_columns: list[str] = field(default_factory=list)
     num_rows: int = 0
+    pattern: str | None = None  # the glob, when the input was one
+    single: bool = False  # the input named one file
+
+    def would_read(self, directory: str) -> bool:
+        """Whether a Parquet file written under `directory` would be part of this input on a
+        re-run (a directory input is read recursively; a glob matches what it matches)."""
+        probe = directory.rstrip("/") + "/part-0.parquet"
+        if self.single:
+            return False
+        if self.pattern is not None:
+            return _glob_match(probe, self.pattern)
+        return probe.startswith(self.base_dir.rstrip("/") + "/")
 
     @property
     def uris(self) -> list[str]:
@@ -117,6 +129,40 @@ def read_footers(loc: Location, files: list[str]) -> list[pq.FileMetaData | Base
         return list(pool.map(one, files))
 
 
+def unify(schemas: list[pa.Schema]) -> pa.Schema:
+    """One read schema for files written by different tools.
+
+    A column missing from some files is null there. Text stored as string, large_string,
+    string_view or dictionary<string> in different files (pyarrow, pandas and Spark pick
+    differently) reads as large_string; other differences follow pyarrow's permissive
+    promotion (int32 + int64 -> int64), and what cannot be promoted is an input error. Ray Data
+    is given this schema, so it never has to reconcile the files itself.
+    """
+    by_name: dict[str, list[pa.Field]] = {}
+    for schema in schemas:
+        for f in schema:
+            by_name.setdefault(f.name, []).append(f)
+    fields = []
+    for name, found in by_name.items():
+        types = {f.type for f in found}
+        if len(types) == 1:
+            fields.append(pa.field(name, found[0].type))
+        elif all(is_string_type(t) for t in types):
+            fields.append(pa.field(name, pa.large_string()))
+        else:
+            try:
+                merged = pa.unify_schemas(
+                    [pa.schema([f]) for f in found], promote_options="permissive"
+                )
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                shown = ", ".join(sorted(str(t) for t in types))
+                raise JobInputError(
+                    f"column {name!r} has types that do not mix across the input files: {shown}."
+                ) from None
+            fields.append(pa.field(name, merged.field(name).type))
+    return pa.schema(fields)
+
+
 def resolve_input(uri: str) -> InputFiles:
     """List the Parquet files of a file, directory or glob and read their footers.
 
@@ -125,7 +171,8 @@ def resolve_input(uri: str) -> InputFiles:
     """
     loc = locate(uri)
     pattern = loc.path
-    if any(c in pattern for c in _GLOB_CHARS):
+    is_glob = any(c in pattern for c in _GLOB_CHARS)
+    if is_glob:
         segments = pattern.split("/")
         first = next(i for i, s in enumerate(segments) if any(c in s for c in _GLOB_CHARS))
         base_dir = "/".join(segments[:first]) or "/"
@@ -160,11 +207,7 @@ def resolve_input(uri: str) -> InputFiles:
             f"{loc.uri(path)!r}{more} is not a readable Parquet file: "
             f"{str(exc).splitlines()[0][:200]}"
         )
-    schemas = [m.schema.to_arrow_schema() for m in footers]
-    try:
-        schema = pa.unify_schemas(schemas, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise JobInputError(f"the input files' schemas do not agree: {exc}") from None
+    schema = unify([m.schema.to_arrow_schema() for m in footers])
     partitions: list[str] = []
     for f in files:
         for key in _hive_keys(f, base_dir):
@@ -177,6 +220,8 @@ def resolve_input(uri: str) -> InputFiles:
         schema=schema,
         partition_columns=partitions,
         num_rows=sum(m.num_rows for m in footers),
+        pattern=pattern if is_glob else None,
+        single=not is_glob and files == [pattern],
     )
 
 

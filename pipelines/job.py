@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -143,15 +144,18 @@ def _check_columns(config: JobConfig, inputs: InputFiles) -> tuple[list[str], li
 
 
 def _check_paths(inputs: InputFiles, output: OutputState) -> None:
-    same_fs = type(inputs.location.filesystem) is type(output.location.filesystem)
-    out, base = output.location.path.rstrip("/"), inputs.base_dir.rstrip("/")
-    if same_fs and (out == base or out.startswith(base + "/")):
+    if type(inputs.location.filesystem) is not type(output.location.filesystem):
+        return
+    out = output.location.path.rstrip("/")
+    if inputs.would_read(out):
         raise JobInputError(
-            f"the output {output.location.uri(out)!r} is inside the input directory; a re-run "
-            "would read its own output. Write somewhere else."
+            f"the output {output.location.uri(out)!r} is inside the input; a re-run would "
+            "read its own output. Write somewhere else."
         )
-    if same_fs and any(f.startswith(out + "/") for f in inputs.files[:1000]):
-        raise JobInputError("the input is inside the output directory; write somewhere else.")
+    if any(f.startswith(out + "/") for f in inputs.files):
+        raise JobInputError(
+            f"the input is inside the output {output.location.uri(out)!r}; write elsewhere."
+        )
 
 
 def prepare(config: JobConfig) -> Plan:
@@ -287,6 +291,8 @@ def _execute(config: JobConfig, plan: Plan, t0: float) -> JobSummary:
     done = _done_ids(plan)
 
     num_actors, gpus_per_actor, threads = _actors(config)
+    # Ray Data warns when a small input gives the encode stage fewer blocks than its cap.
+    warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = config.show_progress
 
@@ -296,6 +302,7 @@ def _execute(config: JobConfig, plan: Plan, t0: float) -> JobSummary:
         inputs.uris,
         partitioning=Partitioning("hive", base_dir=inputs.location.uri(inputs.base_dir)),
         include_row_hash=config.id_column is None,
+        schema=inputs.schema,
     ).select_columns(plan.read_columns)
     # Small blocks stream through the stages (and keep memory flat) whatever the file sizes.
     ds = ds.repartition(target_num_rows_per_block=size)

@@ -8,7 +8,8 @@
 #   --num-gpus G  GPUs each worker advertises (default 0). On a machine without GPUs this fakes
 #                 them, so that GPU placement (num_gpus per replica or actor) can be exercised;
 #                 the model then runs on CPU (deploy.sh passes device=cpu).
-#   --num-cpus C  logical CPUs each worker advertises (default 2)
+#   --num-cpus C  logical CPUs each worker advertises (default 4; oversubscribing a small
+#                 machine is fine for a test cluster)
 #
 # The head advertises no CPUs and no GPUs, as on Kubernetes: no replica or task lands there,
 # only Ray's control plane, the Serve controller and proxy, and drivers.
@@ -21,14 +22,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 n_workers=2
 num_gpus=0
-num_cpus=2
+num_cpus=4
 while [ $# -gt 0 ]; do
   case "$1" in
     --num-gpus) num_gpus=${2:?--num-gpus needs a value}; shift 2 ;;
     --num-gpus=*) num_gpus=${1#*=}; shift ;;
     --num-cpus) num_cpus=${2:?--num-cpus needs a value}; shift 2 ;;
     --num-cpus=*) num_cpus=${1#*=}; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR>1 && /^#/ {sub(/^# ?/, ""); print; next} NR>1 {exit}' "$0"; exit 0 ;;
     [0-9]*) n_workers=$1; shift ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
@@ -119,8 +120,20 @@ done
   --timeout 90
 trap - ERR INT TERM
 
+# What deploy.sh and score.sh need to know: are the GPUs real (CUDA) or only advertised?
+fake=0
+if [ "$num_gpus" -gt 0 ] && ! nvidia-smi -L > /dev/null 2>&1; then
+  fake=1
+fi
+cat > "$ZS_STATE_DIR/cluster.env" <<EOF
+ZS_N_WORKERS=$n_workers
+ZS_WORKER_CPUS=$num_cpus
+ZS_WORKER_GPUS=$num_gpus
+ZS_GPUS_FAKE=$fake
+EOF
+
 cat <<EOF
-local Ray cluster up: head + $n_workers workers ($num_cpus CPUs, $num_gpus GPUs each)
+local Ray cluster up: head + $n_workers workers ($num_cpus CPUs, $num_gpus GPUs each$([ "$fake" = 1 ] && echo ", fake"))
   RAY_ADDRESS=$ZS_GCS_ADDRESS            (drivers: zeroshot score ... --address $ZS_GCS_ADDRESS)
   dashboard / job API: $ZS_DASHBOARD_URL  (serve deploy -a $ZS_DASHBOARD_URL)
   Serve HTTP after deploy.sh: $ZS_SERVE_URL

@@ -18,7 +18,7 @@ grace=${ZS_STOP_GRACE_S:-5}
 for arg in "$@"; do
   case "$arg" in
     --clean) clean=1 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR>1 && /^#/ {sub(/^# ?/, ""); print; next} NR>1 {exit}' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -77,7 +77,7 @@ if [ "${#pids[@]}" -gt 0 ]; then
   zs_log "still running: ${pids[*]}"
   exit 1
 fi
-rm -f "$ZS_STATE_DIR"/*.sid
+rm -f "$ZS_STATE_DIR"/*.sid "$ZS_STATE_DIR/cluster.env"
 if [ "$clean" = 1 ]; then
   rm -rf "$ZS_RAY_TMP"
 fi

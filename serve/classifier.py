@@ -242,6 +242,10 @@ class ZeroShotClassifier:
         from zeroshot.score import Scorer
 
         cfg = AppConfig.model_validate(config)
+        if cfg.torch_threads:
+            import torch
+
+            torch.set_num_threads(cfg.torch_threads)
         self.settings = BatchSettings(cfg.batching)
         self.device = pick_device(
             cfg.device, ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES")

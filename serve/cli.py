@@ -6,6 +6,7 @@ Ray is imported only inside `main`, so `zeroshot --help` and `zeroshot classify`
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -50,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="environment variable holding an API key to require (default: no key)",
     )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="forward-pass threads of a CPU classifier (default: all cores when no GPU)",
+    )
     parser.add_argument("--name", default=None, help="Serve application name")
 
 
@@ -70,6 +77,7 @@ def _config(args: argparse.Namespace):
         api_key_env=args.api_key_env,
         num_gpus=args.num_gpus,
         max_replicas=args.replicas,
+        torch_threads=args.torch_threads,
     )
 
 
@@ -87,12 +95,17 @@ def main(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from serve.app import build
+    from serve.app import build, cluster_gpus
 
     started_ray = False
     if args.address is None:
         ray.init(num_cpus=args.num_cpus)
         started_ray = True
+        on_cpu = cfg.num_gpus == 0 or (cfg.num_gpus is None and cluster_gpus() == 0)
+        if cfg.torch_threads is None and on_cpu:
+            # Local and CPU-only: the forward pass is the bottleneck, so it gets every core
+            # rather than Ray's one thread per requested CPU.
+            cfg = cfg.model_copy(update={"torch_threads": args.num_cpus or os.cpu_count() or 1})
     else:
         ray.init(address=args.address)
 

@@ -85,6 +85,12 @@ class AppConfig(ModelConfig):
         description="GPUs per classifier replica (fractions allowed) when the Serve config file "
         "does not set its ray_actor_options; None means 1 when the Ray cluster has a GPU, else 0.",
     )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Intra-op threads of a classifier replica on CPU; None keeps Ray's default "
+        "(OMP_NUM_THREADS = the replica's num_cpus).",
+    )
     max_replicas: int = Field(
         1,
         ge=1,

@@ -7,6 +7,7 @@ the classifier; the batch shape histograms say how well batching works.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 SECONDS = [
@@ -14,7 +15,8 @@ SECONDS = [
 ]  # fmt: skip
 COUNTS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
 TOKENS = [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
-RATIOS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+# Ray wants strictly positive boundaries; the first bucket is "no padding to speak of".
+RATIOS = [0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 # name -> (description, boundaries)
 HISTOGRAMS: dict[str, tuple[str, Sequence[float]]] = {
@@ -45,7 +47,7 @@ COUNTERS = {
 
 
 class Metrics:
-    """Histograms and counters by name; a no-op outside a Ray worker (unit tests)."""
+    """Histograms and counters by name; a logged no-op if Ray cannot create them."""
 
     def __init__(self, names: Sequence[str], counters: Sequence[str] = ()):
         self._hist: dict = {}
@@ -60,7 +62,8 @@ class Metrics:
                 self._count[name] = Counter(
                     name, description=COUNTERS[name], tag_keys=("type", "status")
                 )
-        except Exception:  # noqa: BLE001 - metrics must never break serving
+        except Exception as exc:  # noqa: BLE001 - metrics must never break serving
+            logging.getLogger("ray.serve").warning("metrics disabled: %r", exc)
             self._hist, self._count = {}, {}
 
     def observe(self, name: str, value: float) -> None:

@@ -78,7 +78,8 @@ def server(tiny_model):
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=4, include_dashboard=False)
+    metrics_port = _free_port()
+    ray.init(num_cpus=4, include_dashboard=False, _metrics_export_port=metrics_port)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     fixed = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}
@@ -108,7 +109,7 @@ def server(tiny_model):
             name="tight",
             route_prefix="/tight",
         )
-        yield {"url": f"http://127.0.0.1:{port}", "model": tiny_model}
+        yield {"url": f"http://127.0.0.1:{port}", "model": tiny_model, "metrics": metrics_port}
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -532,6 +533,24 @@ def test_request_logs_carry_the_request_id(client):
             break
         time.sleep(0.5)
     assert lines, "no ingress log line with the request id"
+
+
+def test_custom_metrics_are_exported(server):
+    from serve.metrics import HISTOGRAMS
+
+    wanted = {f"ray_{name}_count" for name in HISTOGRAMS}
+    deadline = time.time() + 40
+    while time.time() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{server['metrics']}/metrics", timeout=10).text
+        seen = {
+            line.split("{")[0]
+            for line in text.splitlines()
+            if line.startswith("ray_zeroshot_") and 'application="zs"' in line
+        }
+        if wanted <= seen:
+            break
+        time.sleep(1)
+    assert wanted <= seen, wanted - seen
 
 
 def test_batching_retuned_through_user_config(server, client):

@@ -129,6 +129,14 @@ def test_check_health_fails_without_model():
         asyncio.run(replica.check_health())
 
 
+def test_every_metric_is_created():
+    from serve.metrics import COUNTERS, HISTOGRAMS, classifier_metrics, ingress_metrics
+
+    made = {**classifier_metrics()._hist, **ingress_metrics()._hist}
+    assert set(made) == set(HISTOGRAMS)  # e.g. a zero bucket boundary would disable them all
+    assert set(ingress_metrics()._count) == set(COUNTERS)
+
+
 def _yaml() -> dict:
     return yaml.safe_load(CONFIG_YAML.read_text())
 

@@ -1,0 +1,351 @@
+"""Closed-loop HTTP load on the Serve app with the `full` fixture, against the engine's limit.
+
+In one run, on one local Ray: the app with batching as configured and with max_batch_size=1,
+each at concurrency 1, 8, 32 and 64 (closed loop: every client sends its next request when the
+previous answer arrives), requests with 1-10 labels and mixed text lengths on the Hugging Face
+route. Reports throughput (pairs/s, requests/s), p50/p95/p99 latency and mean pairs per batch
+(from the app's Prometheus metrics), beside the bare forward limit at the same dtype and one
+forward pass per request (the floor of latency at concurrency 1). Prints JSON and writes
+benchmarks/results/serve_load.{json,png}.
+
+    python -m benchmarks.serve_load [--seconds 20] [--concurrency 1,8,32,64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import socket
+import statistics
+import time
+from collections import defaultdict
+
+import httpx
+import numpy as np
+
+from benchmarks.common import RESULTS, bare_limit, ensure_full_model, seeded_texts, write_results
+
+LABEL_POOL = [
+    "politics", "sports", "technology", "health", "business",
+    "science", "travel", "music", "weather", "education",
+]  # fmt: skip
+TEMPLATE = "This example is {}."
+
+
+def workload(n: int, max_words: int | None, seed: int = 0) -> list[dict]:
+    """HF-route bodies: one text each (the shared seeded mix, optionally cut to `max_words`
+    words so a 2-core CPU gets through the run), 1-10 labels."""
+    rng = random.Random(seed)
+    texts = seeded_texts(n, seed=seed)
+    if max_words:
+        texts = [" ".join(t.split()[:max_words]).rstrip(".") + "." for t in texts]
+    return [
+        {
+            "inputs": text,
+            "parameters": {"candidate_labels": rng.sample(LABEL_POOL, rng.randint(1, 10))},
+        }
+        for text in texts
+    ]
+
+
+def encode_pairs(model: str, bodies: list[dict]) -> list[list[np.ndarray]]:
+    from zeroshot.frontend import Frontend
+
+    frontend = Frontend.from_pretrained(model)
+    return [
+        frontend.encode(
+            frontend.request(b["inputs"], b["parameters"]["candidate_labels"], TEMPLATE)
+        ).pairs
+        for b in bodies
+    ]
+
+
+def one_forward_seconds(model: str, dtype: str, per_request: list[list[np.ndarray]]) -> list:
+    """Time of scoring each request alone (its pairs in one pass) in this process."""
+    from zeroshot.score import Scorer
+
+    scorer = Scorer.from_pretrained(model, device="cpu", dtype=dtype)
+    scorer.score(per_request[0])  # warm-up
+    out = []
+    for pairs in per_request:
+        t0 = time.perf_counter()
+        scorer.score(pairs)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def closed_loop(
+    url: str, bodies: list[dict], pairs: list[int], concurrency: int, seconds: float
+) -> dict:
+    """`concurrency` clients, each sending its next request when the last one is answered.
+
+    The window opens at the first answer (the queue has been full since the start) and lasts
+    `seconds`; throughput counts answers inside it, latency percentiles are those answers'.
+    Clients still waiting at the end are cancelled (Serve drops their queued parts)."""
+    counter = iter(range(10**9))
+    done: list[tuple[float, float, int, int]] = []  # start, end, pairs, status
+    window = [float("inf"), float("inf")]
+    t0 = time.perf_counter()
+
+    async def client(c: httpx.AsyncClient) -> None:
+        while True:
+            start = time.perf_counter()
+            i = next(counter) % len(bodies)
+            r = await c.post("/", json=bodies[i])
+            end = time.perf_counter()
+            done.append((start, end, pairs[i], r.status_code))
+            if window[0] == float("inf"):
+                window[:] = [end, end + seconds]
+
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits) as c:
+        tasks = [asyncio.create_task(client(c)) for _ in range(concurrency)]
+        while time.perf_counter() < window[1]:
+            await asyncio.sleep(0.05)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    lo, hi = window
+    inside = [d for d in done if lo < d[1] <= hi]
+    lat = sorted(d[1] - d[0] for d in inside)
+    rps = len(inside) / seconds
+
+    def pct(p: float) -> float:
+        return float(np.percentile(lat, p)) if lat else float("nan")
+
+    return {
+        "concurrency": concurrency,
+        "requests": len(inside),
+        "errors": sum(1 for d in inside if d[3] != 200),
+        "first_answer_s": round(lo - t0, 2),
+        "requests_per_s": rps,
+        "pairs_per_s": sum(d[2] for d in inside) / seconds,
+        "p50_s": pct(50),
+        "p95_s": pct(95),
+        "p99_s": pct(99),
+        # Steady-state mean latency of a closed loop (Little's law); the percentiles above
+        # understate it at high concurrency when the window ends before a second wave.
+        "little_latency_s": concurrency / rps if rps else float("nan"),
+    }
+
+
+def wait_idle(handle, quiet_s: float = 2.0, timeout: float = 120) -> dict:
+    """Until the classifier has run no batch for `quiet_s` (cancelled work has drained)."""
+    deadline = time.time() + timeout
+    last = handle.stats.remote().result()
+    while time.time() < deadline:
+        time.sleep(quiet_s)
+        now = handle.stats.remote().result()
+        if now["batches"] == last["batches"]:
+            return now
+        last = now
+    return last
+
+
+def prometheus(port: int, app: str) -> dict[str, float]:
+    """Summed `ray_zeroshot_*` sums and counts of one app from the metrics agent."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    out: dict[str, float] = defaultdict(float)
+    pattern = re.compile(r"^(ray_zeroshot_\w+_(?:sum|count))\{([^}]*)\} ([0-9.eE+-]+)$")
+    for line in text.splitlines():
+        m = pattern.match(line)
+        if m and f'application="{app}"' in m.group(2):
+            out[m.group(1)] += float(m.group(3))
+    return out
+
+
+def wait_for_metrics(port: int, app: str, batches: int, timeout: float = 40) -> dict:
+    """Metrics once the agent has seen every batch the replica counted (exported every ~5 s)."""
+    deadline = time.time() + timeout
+    while True:
+        m = prometheus(port, app)
+        if m.get("ray_zeroshot_batch_pairs_count", 0) >= batches or time.time() > deadline:
+            return m
+        time.sleep(1)
+
+
+def deploy(app: str, cfg, cpus: int) -> None:
+    from ray import serve
+
+    from serve.app import build
+
+    fixed = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}
+    serve.run(
+        build(
+            cfg,
+            ingress_options={**fixed, "ray_actor_options": {"num_cpus": 0.5}},
+            classifier_options={**fixed, "ray_actor_options": {"num_cpus": cpus, "num_gpus": 0}},
+        ),
+        name=app,
+        route_prefix="/",
+    )
+
+
+def plot(data: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, runs in data["runs"].items():
+        cs = [r["concurrency"] for r in runs]
+        ax1.plot(cs, [r["pairs_per_s"] for r in runs], marker="o", label=name)
+        ax2.plot(cs, [r["p50_s"] for r in runs], marker="o", label=f"{name} p50")
+        ax2.plot(cs, [r["p95_s"] for r in runs], marker="x", linestyle="--", label=f"{name} p95")
+    ax1.axhline(data["bare_limit"]["pairs_per_s"], color="gray", linestyle=":", label="bare limit")
+    ax1.set(xscale="log", xlabel="concurrency", ylabel="pairs/s", title="throughput")
+    ax2.set(xscale="log", yscale="log", xlabel="concurrency", ylabel="s", title="latency")
+    for ax in (ax1, ax2):
+        ax.set_xticks(data["concurrency"], [str(c) for c in data["concurrency"]])
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Serve app, full fixture, {data['dtype']}, {data['torch_threads']} threads")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "serve_load.png", dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=20, help="measured window per level")
+    ap.add_argument("--concurrency", default="1,8,32,64")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--model", default=None, help="model dir (default: the full fixture)")
+    ap.add_argument("--requests", type=int, default=400, help="distinct request bodies")
+    ap.add_argument(
+        "--max-words", type=int, default=40, help="cut texts to this many words (0: no cut)"
+    )
+    ap.add_argument("--max-batch-size", type=int, default=32, help="pairs per batch")
+    ap.add_argument("--max-batch-tokens", type=int, default=4096)
+    ap.add_argument("--forward-tokens", type=int, default=2048, help="tokens per forward pass")
+    ap.add_argument("--c1-requests", type=int, default=12, help="bodies cycled at concurrency 1")
+    ap.add_argument("--limit-requests", type=int, default=24, help="bodies for the bare limit")
+    ap.add_argument("--wait", type=float, default=0.01, help="batch_wait_timeout_s")
+    args = ap.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    import torch
+
+    from serve.config import AppConfig, ServeBatching
+    from zeroshot.config import BatchingConfig
+
+    t_start = time.time()
+    model = args.model or ensure_full_model()
+    bodies = workload(args.requests, args.max_words or None)
+    per_request = encode_pairs(model, bodies)
+    pairs = [len(p) for p in per_request]
+    threads = torch.get_num_threads()
+    forward = BatchingConfig(max_batch_tokens=args.forward_tokens)
+    batched = ServeBatching(
+        max_batch_size=args.max_batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        batch_wait_timeout_s=args.wait,
+        forward=forward,
+    )
+    configs = {
+        "batched": batched,
+        "max_batch_size=1": batched.model_copy(update={"max_batch_size": 1}),
+    }
+
+    # Baselines first, alone on the machine: the bare limit on this workload's pairs, and one
+    # forward pass per request for the requests the concurrency-1 run will send first.
+    # Other work on a shared box moves the limit, so it is measured before and after the runs.
+    sample = [p for ps in per_request[: args.limit_requests] for p in ps]
+    limit_before = bare_limit(model, args.dtype, sample, forward)
+    n_c1 = args.c1_requests  # concurrency 1 cycles over these: latency pairs with their forwards
+    singles = one_forward_seconds(model, args.dtype, per_request[:n_c1])
+
+    import ray
+    from ray import serve
+
+    metrics_port, http_port = _free_port(), _free_port()
+    ray.init(num_cpus=threads + 1, include_dashboard=False, _metrics_export_port=metrics_port)
+    serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+    url = f"http://127.0.0.1:{http_port}"
+    runs: dict[str, list[dict]] = {}
+    try:
+        for name, batching in configs.items():
+            app = "load_" + re.sub(r"\W", "_", name)
+            cfg = AppConfig(model=model, dtype=args.dtype, batching=batching, torch_threads=threads)
+            deploy(app, cfg, threads)
+            handle = serve.get_deployment_handle("ZeroShotClassifier", app_name=app)
+            asyncio.run(closed_loop(url, bodies[-8:], pairs[-8:], 2, 0.1))  # warm-up
+            runs[name] = []
+            for c in levels:
+                before_stats = wait_idle(handle)
+                before = wait_for_metrics(metrics_port, app, before_stats["batches"])
+                k = n_c1 if c == 1 else len(bodies)
+                r = asyncio.run(closed_loop(url, bodies[:k], pairs[:k], c, args.seconds))
+                after_stats = wait_idle(handle)
+                after = wait_for_metrics(metrics_port, app, after_stats["batches"])
+                n = after["ray_zeroshot_batch_pairs_count"] - before.get(
+                    "ray_zeroshot_batch_pairs_count", 0
+                )
+                s = after["ray_zeroshot_batch_pairs_sum"] - before.get(
+                    "ray_zeroshot_batch_pairs_sum", 0
+                )
+                r["mean_pairs_per_batch"] = s / n if n else float("nan")
+                r["batches"] = int(n)
+                r["padding_ratio"] = 1 - (after_stats["tokens"] - before_stats["tokens"]) / max(
+                    1, after_stats["padded_tokens"] - before_stats["padded_tokens"]
+                )
+                print(name, r, flush=True)
+                runs[name].append(r)
+            serve.delete(app)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    limit_after = bare_limit(model, args.dtype, sample, forward)
+    limit = {
+        "pairs_per_s": (limit_before["pairs_per_s"] + limit_after["pairs_per_s"]) / 2,
+        "before": limit_before,
+        "after": limit_after,
+    }
+    top = max(r["pairs_per_s"] for r in runs["batched"])
+    c1 = next(r for r in runs["batched"] if r["concurrency"] == 1)
+    floor = statistics.median(singles) * 1.3 + args.wait
+    data = {
+        "model": "full fixture (distilbart-mnli-12-1 shape, random weights)",
+        "dtype": args.dtype,
+        "torch_threads": threads,
+        "cpus": os.cpu_count(),
+        "concurrency": levels,
+        "seconds_per_level": args.seconds,
+        "workload": {
+            "requests": len(bodies),
+            "labels_per_request": "1-10",
+            "mean_pairs_per_request": float(np.mean(pairs)),
+            "mean_tokens_per_pair": float(np.mean([len(p) for ps in per_request for p in ps])),
+            "max_words": args.max_words,
+        },
+        "batching": {name: b.model_dump() for name, b in configs.items()},
+        "bare_limit": limit,
+        "one_forward_p50_s": statistics.median(singles),
+        "runs": runs,
+        "targets": {
+            "saturation_vs_bare_limit": top / limit["pairs_per_s"],
+            "saturation_target": 0.8,
+            "saturation_met": top / limit["pairs_per_s"] >= 0.8,
+            "p50_c1_s": c1["p50_s"],
+            "p50_c1_bound_s": floor,
+            "p50_c1_met": c1["p50_s"] <= floor,
+            "batched_vs_max_batch_size_1_at_saturation": top
+            / max(r["pairs_per_s"] for r in runs["max_batch_size=1"]),
+        },
+        "wall_s": round(time.time() - t_start, 1),
+    }
+    write_results("serve_load", data)
+    plot(data)
+
+
+if __name__ == "__main__":
+    main()

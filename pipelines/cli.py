@@ -57,7 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=256, help="rows per block and per actor call"
     )
     parser.add_argument(
-        "--max-batch-tokens", type=int, default=16384, help="padded tokens per forward pass"
+        "--max-batch-tokens",
+        type=int,
+        default=None,
+        help="padded tokens per forward pass (default: 16384 on GPU, 2048 on CPU)",
     )
     parser.add_argument(
         "--rows-per-file", type=int, default=8192, help="fewest rows per output file"
@@ -93,7 +96,11 @@ def config_from_args(args: argparse.Namespace):
                 "device": args.device,
                 "dtype": args.dtype,
             },
-            "batching": {"max_batch_tokens": args.max_batch_tokens},
+            "batching": (
+                None
+                if args.max_batch_tokens is None
+                else {"max_batch_tokens": args.max_batch_tokens}
+            ),
             "batch_size": args.batch_size,
             "num_actors": args.num_actors,
             "gpus_per_actor": args.gpus_per_actor,

@@ -12,6 +12,8 @@ from zeroshot.requests import parse_labels
 OUTPUT_COLUMNS = ("labels", "scores", "top_label", "top_score", "error")
 # Ray Data's deterministic id (`read_parquet(include_row_hash=True)`) when no id column is given.
 ROW_HASH_COLUMN = "row_hash"
+# A CPU forward pass costs in proportion to padded tokens: small, tightly sorted batches win.
+CPU_MAX_BATCH_TOKENS = 2048
 # Added only with `record_scorer`: where each row was scored.
 SCORER_COLUMNS = ("scorer_node", "scorer_device")
 
@@ -64,10 +66,12 @@ class JobConfig(BaseModel):
         description="Model, revision, device and dtype of the scoring actors. device 'auto' "
         "means CUDA when Ray gave the actor a GPU and CUDA works there, else CPU.",
     )
-    batching: BatchingConfig = Field(
-        default_factory=BatchingConfig,
+    batching: BatchingConfig | None = Field(
+        None,
         description="How each scoring actor cuts a batch's length-sorted pairs into forward "
-        "passes (padded-token budget).",
+        "passes (padded-token budget). None: the engine's default on a GPU, and a "
+        f"{CPU_MAX_BATCH_TOKENS}-token budget on a CPU, where every padded token costs as "
+        "much as a real one.",
     )
     limits: Limits = Field(
         default_factory=Limits,

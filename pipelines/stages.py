@@ -137,7 +137,7 @@ class Score:
     def __init__(
         self,
         model: ModelConfig,
-        batching: BatchingConfig,
+        batching: BatchingConfig | None,
         torch_threads: int | None = None,
         record_scorer: bool = False,
     ):
@@ -152,6 +152,11 @@ class Score:
             # is the job's bottleneck and should use the cores the driver planned for it.
             usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
             torch.set_num_threads(max(1, min(torch_threads, usable or torch_threads)))
+        if batching is None:
+            from pipelines.config import CPU_MAX_BATCH_TOKENS
+
+            cpu = not device.startswith("cuda")
+            batching = BatchingConfig(max_batch_tokens=CPU_MAX_BATCH_TOKENS) if cpu else None
         self.scorer = Scorer.from_pretrained(
             model.model, model.revision, device, model.dtype, batching
         )
@@ -160,8 +165,9 @@ class Score:
         self.record = record_scorer
         self.delay = float(os.environ.get(DELAY_ENV, "0") or 0)
         log.info(
-            "scorer on node %s: device %s, dtype %s, %d torch threads",
+            "scorer on node %s: device %s, dtype %s, %d torch threads, %d-token batches",
             self.node[:12], self.device, self.scorer.dtype, torch.get_num_threads(),
+            self.scorer.batching.max_batch_tokens,
         )  # fmt: skip
 
     def __call__(self, batch: pa.Table) -> pa.Table:

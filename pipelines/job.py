@@ -13,7 +13,6 @@ deleted first.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import sys
@@ -38,8 +37,6 @@ from pipelines.files import (
 )
 from pipelines.stages import PRIVATE, StageSpec
 from zeroshot.assemble import NliLabels
-
-log = logging.getLogger(__name__)
 
 
 class JobSummary(BaseModel):
@@ -200,23 +197,24 @@ def prepare(config: JobConfig) -> Plan:
     return Plan(inputs, read_columns, spec, frontend.nli, output)
 
 
-def _connect(address: str | None) -> bool:
-    """Join or start Ray; True when this call started it (and so must stop it)."""
+def _connect(address: str | None) -> str:
+    """Use, join or start Ray: 'existing' (already initialized here, left as is), 'joined'
+    (a cluster at an address) or 'local' (a fresh Ray on this machine)."""
     import ray
 
     if ray.is_initialized():
-        return False
+        return "existing"
     # No address: RAY_ADDRESS (set inside a KubeRay RayJob) or else a fresh local Ray, never
     # some other cluster that happens to run on this machine.
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     if address == "local":
         ray.init(address="local", include_dashboard=False)
-    else:
-        ray.init(address=address)
-    return True
+        return "local"
+    ray.init(address=address)
+    return "joined"
 
 
-def _actors(config: JobConfig) -> tuple[int, float, int]:
+def _actors(config: JobConfig, local: bool) -> tuple[int, float, int]:
     """(actors, GPUs per actor, torch threads for a CPU actor) for the cluster at hand."""
     import ray
 
@@ -229,9 +227,16 @@ def _actors(config: JobConfig) -> tuple[int, float, int]:
     if num is None:
         num = max(1, int(gpus // per_actor)) if per_actor > 0 else max(1, len(nodes))
     if per_actor > 0 and num * per_actor > gpus:
+        need = f"{num} actors x {per_actor:g} GPU need {num * per_actor:g} GPUs"
+        if local:
+            # Nothing will ever add GPUs to a Ray this job started: it would wait forever.
+            raise JobInputError(
+                f"{need} and this machine's Ray has {gpus:g}; lower --num-actors or "
+                "--gpus-per-actor (0 runs the model on CPU)."
+            )
         print(
-            f"warning: {num} actors x {per_actor:g} GPU need {num * per_actor:g} GPUs and the "
-            f"cluster has {gpus:g} now; the job waits for more (an autoscaler may add them).",
+            f"warning: {need} and the cluster has {gpus:g} now; the job waits for more "
+            "(an autoscaler may add them).",
             file=sys.stderr,
         )
     threads = config.torch_threads
@@ -256,11 +261,11 @@ def run_job(config: JobConfig) -> JobSummary:
     """
     t0 = time.perf_counter()
     plan = prepare(config)
-    started = _connect(config.address)
+    mode = _connect(config.address)
     try:
-        summary = _execute(config, plan, t0)
+        summary = _execute(config, plan, t0, local=mode == "local")
     finally:
-        if started:
+        if mode != "existing":
             import ray
 
             ray.shutdown()
@@ -273,13 +278,14 @@ def run_job(config: JobConfig) -> JobSummary:
     return summary
 
 
-def _execute(config: JobConfig, plan: Plan, t0: float) -> JobSummary:
+def _execute(config: JobConfig, plan: Plan, t0: float, local: bool) -> JobSummary:
     import ray
     from ray.data import ActorPoolStrategy, DataContext, SaveMode, TaskPoolStrategy
     from ray.data.datasource import Partitioning
 
     from pipelines.stages import Score, assemble, encode
 
+    num_actors, gpus_per_actor, threads = _actors(config, local)
     out = plan.output
     if config.overwrite:
         out.location.filesystem.delete_dir_contents(out.location.path, missing_dir_ok=True)
@@ -290,7 +296,6 @@ def _execute(config: JobConfig, plan: Plan, t0: float) -> JobSummary:
     plan.output = out
     done = _done_ids(plan)
 
-    num_actors, gpus_per_actor, threads = _actors(config)
     # Ray Data warns when a small input gives the encode stage fewer blocks than its cap.
     warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
     ctx = DataContext.get_current()

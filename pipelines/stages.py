@@ -10,7 +10,6 @@ the private ones. Only `Score` touches torch.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import time
 from dataclasses import dataclass
@@ -25,8 +24,6 @@ from zeroshot.config import BatchingConfig, Limits, ModelConfig
 from zeroshot.encode import EncodedRequest
 from zeroshot.errors import NoTextError, ZeroShotError
 from zeroshot.requests import ClassificationRequest, check_text
-
-log = logging.getLogger(__name__)
 
 PAIRS = "__zs_pairs"
 LOGITS = "__zs_logits"
@@ -164,11 +161,14 @@ class Score:
         self.device = str(self.scorer.device)
         self.record = record_scorer
         self.delay = float(os.environ.get(DELAY_ENV, "0") or 0)
-        log.info(
-            "scorer on node %s: device %s, dtype %s, %d torch threads, %d-token batches",
-            self.node[:12], self.device, self.scorer.dtype, torch.get_num_threads(),
-            self.scorer.batching.max_batch_tokens,
-        )  # fmt: skip
+        # Printed, not logged: Ray forwards actor stdout to the driver, tagged with the actor,
+        # so the job's output shows where each scorer landed and what it runs on.
+        print(
+            f"scorer on node {self.node[:12]}: device {self.device}, dtype "
+            f"{str(self.scorer.dtype).removeprefix('torch.')}, {torch.get_num_threads()} torch "
+            f"threads, {self.scorer.batching.max_batch_tokens}-token forward passes",
+            flush=True,
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         col = batch.column(PAIRS).combine_chunks()

@@ -227,15 +227,15 @@ def _actors(config: JobConfig, local: bool) -> tuple[int, float, int]:
     if num is None:
         num = max(1, int(gpus // per_actor)) if per_actor > 0 else max(1, len(nodes))
     if per_actor > 0 and num * per_actor > gpus:
-        need = f"{num} actors x {per_actor:g} GPU need {num * per_actor:g} GPUs"
+        need = f"{num} scoring actor(s) x {per_actor:g} GPU = {num * per_actor:g} GPU(s) needed"
         if local:
             # Nothing will ever add GPUs to a Ray this job started: it would wait forever.
             raise JobInputError(
-                f"{need} and this machine's Ray has {gpus:g}; lower --num-actors or "
+                f"{need}, and the Ray this job started has {gpus:g}; lower --num-actors or "
                 "--gpus-per-actor (0 runs the model on CPU)."
             )
         print(
-            f"warning: {need} and the cluster has {gpus:g} now; the job waits for more "
+            f"warning: {need}, and the cluster has {gpus:g} now; the job waits for more "
             "(an autoscaler may add them).",
             file=sys.stderr,
         )

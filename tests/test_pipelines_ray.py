@@ -243,3 +243,33 @@ def test_same_job_twice_writes_nothing_new(tmp_path, tiny_model):
     assert first.rows_written == len(TEXTS) and second.rows_written == 0 and second.ok
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == files
     shutil.rmtree(tmp_path / "out")
+
+
+def test_asking_for_gpus_a_local_ray_lacks_is_a_clear_error(tmp_path, tiny_model):
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": TEXTS}), src)
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines",
+            str(src),
+            str(tmp_path / "out"),
+            "--labels",
+            "a,b",
+            "--model",
+            tiny_model,
+            "--gpus-per-actor",
+            "1",
+            "--no-progress",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "1 GPU(s) needed, and the Ray this job started has 0" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -71,9 +71,12 @@ def one_forward_seconds(model: str, dtype: str, per_request: list[list[np.ndarra
     scorer.score(per_request[0])  # warm-up
     out = []
     for pairs in per_request:
-        t0 = time.perf_counter()
-        scorer.score(pairs)
-        out.append(time.perf_counter() - t0)
+        best = float("inf")
+        for _ in range(2):  # the better of two: other work on a shared box only adds time
+            t0 = time.perf_counter()
+            scorer.score(pairs)
+            best = min(best, time.perf_counter() - t0)
+        out.append(best)
     return out
 
 
@@ -115,7 +118,8 @@ async def closed_loop(
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     lo, hi = window
-    inside = [d for d in done if lo < d[1] <= hi]
+    answered = [d for d in done if lo < d[1] <= hi]
+    inside = [d for d in answered if d[3] == 200]
     lat = sorted(d[1] - d[0] for d in inside)
     rps = len(inside) / seconds
 
@@ -125,7 +129,7 @@ async def closed_loop(
     return {
         "concurrency": concurrency,
         "requests": len(inside),
-        "errors": sum(1 for d in inside if d[3] != 200),
+        "errors": len(answered) - len(inside),
         "first_answer_s": round(lo - t0, 2),
         "requests_per_s": rps,
         "pairs_per_s": sum(d[2] for d in inside) / seconds,
@@ -152,10 +156,13 @@ def wait_idle(handle, quiet_s: float = 2.0, timeout: float = 120) -> dict:
 
 
 def prometheus(port: int, app: str) -> dict[str, float]:
-    """Summed `ray_zeroshot_*` sums and counts of one app from the metrics agent."""
+    """One app's `ray_zeroshot_*` counters (summed over replicas) from the metrics agent.
+
+    Counters, not histogram sums: Ray 2.60 exports histogram sums rebuilt from bucket
+    midpoints, which would make "pairs per batch" a bucket artefact."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     out: dict[str, float] = defaultdict(float)
-    pattern = re.compile(r"^(ray_zeroshot_\w+_(?:sum|count))\{([^}]*)\} ([0-9.eE+-]+)$")
+    pattern = re.compile(r"^(ray_zeroshot_\w+_total)\{([^}]*)\} ([0-9.eE+-]+)$")
     for line in text.splitlines():
         m = pattern.match(line)
         if m and f'application="{app}"' in m.group(2):
@@ -168,7 +175,7 @@ def wait_for_metrics(port: int, app: str, batches: int, timeout: float = 40) -> 
     deadline = time.time() + timeout
     while True:
         m = prometheus(port, app)
-        if m.get("ray_zeroshot_batch_pairs_count", 0) >= batches or time.time() > deadline:
+        if m.get("ray_zeroshot_batches_total", 0) >= batches or time.time() > deadline:
             return m
         time.sleep(1)
 
@@ -179,11 +186,18 @@ def deploy(app: str, cfg, cpus: int) -> None:
     from serve.app import build
 
     fixed = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}
+    classifier = {
+        **fixed,
+        "ray_actor_options": {"num_cpus": cpus, "num_gpus": 0},
+        # The same queue for every batching setting: only user_config differs between runs.
+        "max_ongoing_requests": 128,
+        "max_queued_requests": 512,
+    }
     serve.run(
         build(
             cfg,
             ingress_options={**fixed, "ray_actor_options": {"num_cpus": 0.5}},
-            classifier_options={**fixed, "ray_actor_options": {"num_cpus": cpus, "num_gpus": 0}},
+            classifier_options=classifier,
         ),
         name=app,
         route_prefix="/",
@@ -223,7 +237,7 @@ def main() -> None:
     ap.add_argument(
         "--max-words", type=int, default=40, help="cut texts to this many words (0: no cut)"
     )
-    ap.add_argument("--max-batch-size", type=int, default=32, help="pairs per batch")
+    ap.add_argument("--max-batch-size", type=int, default=64, help="pairs per batch")
     ap.add_argument("--max-batch-tokens", type=int, default=4096)
     ap.add_argument("--forward-tokens", type=int, default=2048, help="tokens per forward pass")
     ap.add_argument("--c1-requests", type=int, default=12, help="bodies cycled at concurrency 1")
@@ -271,6 +285,7 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": http_port})
     url = f"http://127.0.0.1:{http_port}"
     runs: dict[str, list[dict]] = {}
+    limit_between: dict = {}
     try:
         for name, batching in configs.items():
             app = "load_" + re.sub(r"\W", "_", name)
@@ -286,29 +301,33 @@ def main() -> None:
                 r = asyncio.run(closed_loop(url, bodies[:k], pairs[:k], c, args.seconds))
                 after_stats = wait_idle(handle)
                 after = wait_for_metrics(metrics_port, app, after_stats["batches"])
-                n = after["ray_zeroshot_batch_pairs_count"] - before.get(
-                    "ray_zeroshot_batch_pairs_count", 0
-                )
-                s = after["ray_zeroshot_batch_pairs_sum"] - before.get(
-                    "ray_zeroshot_batch_pairs_sum", 0
-                )
-                r["mean_pairs_per_batch"] = s / n if n else float("nan")
+                delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+                n = delta.get("ray_zeroshot_batches_total", 0)
                 r["batches"] = int(n)
-                r["padding_ratio"] = 1 - (after_stats["tokens"] - before_stats["tokens"]) / max(
-                    1, after_stats["padded_tokens"] - before_stats["padded_tokens"]
+                r["mean_pairs_per_batch"] = (
+                    delta.get("ray_zeroshot_pairs_total", 0) / n if n else float("nan")
+                )
+                padded = delta.get("ray_zeroshot_padded_tokens_total", 0)
+                r["padding_ratio"] = (
+                    1 - delta.get("ray_zeroshot_tokens_total", 0) / padded if padded else 0.0
                 )
                 print(name, r, flush=True)
                 runs[name].append(r)
             serve.delete(app)
+            if name == "batched":
+                limit_between = bare_limit(model, args.dtype, sample, forward)
     finally:
         serve.shutdown()
         ray.shutdown()
 
     limit_after = bare_limit(model, args.dtype, sample, forward)
+    measured = [limit_before, limit_between, limit_after]
     limit = {
-        "pairs_per_s": (limit_before["pairs_per_s"] + limit_after["pairs_per_s"]) / 2,
-        "before": limit_before,
-        "after": limit_after,
+        # The best of three: contention from other work only ever lowers it.
+        "pairs_per_s": max(m["pairs_per_s"] for m in measured),
+        "measurements_pairs_per_s": [m["pairs_per_s"] for m in measured],
+        "pairs": limit_before["pairs"],
+        "batches": limit_before["batches"],
     }
     top = max(r["pairs_per_s"] for r in runs["batched"])
     c1 = next(r for r in runs["batched"] if r["concurrency"] == 1)

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -68,10 +68,76 @@ class Part:
     padded_len: int
     settings: BatchSettings
     arrived: float = field(default_factory=time.perf_counter)
+    started: bool = False  # its batch has begun on the device (see BatchGate)
 
     @property
     def padded_tokens(self) -> int:
         return self.padded_len * len(self.pairs)
+
+
+class BatchGate:
+    """Lets parts into the `@serve.batch` queue one batch ahead of the device.
+
+    Serve forms a batch as soon as its first item has waited `batch_wait_timeout_s`, whether
+    or not the device is free; with `max_concurrent_batches=1` the batches formed during a long
+    forward pass then queue up small (each holds what arrived in one wait window). The gate
+    holds new parts while earlier ones are queued but not started, and releases all it holds
+    the moment a batch starts: the next batch fills while the current one runs, as full as the
+    traffic allows. With nothing queued a part goes straight in, so light load pays nothing.
+    """
+
+    def __init__(self, submit: Callable[[Part], Awaitable]):
+        self.submit = submit  # the @serve.batch method
+        self.released = 0  # parts handed to Serve's queue whose batch has not started
+        self.held: list[tuple[Part, asyncio.Future]] = []
+
+    async def run(self, part: Part):
+        if not self.released and not self.held:
+            return await self._release(part)
+        waiter = asyncio.get_running_loop().create_future()
+        self.held.append((part, waiter))
+        return await waiter
+
+    async def _release(self, part: Part):
+        self.released += 1
+        try:
+            return await self.submit(part)
+        finally:
+            if not part.started:  # failed or cancelled before its batch began
+                part.started = True
+                self._started(1)
+
+    def started(self, parts: Sequence[Part]) -> None:
+        """Called by the batch function as it begins: the device is taking these parts."""
+        n = 0
+        for part in parts:
+            if not part.started:
+                part.started = True
+                n += 1
+        self._started(n)
+
+    def _started(self, n: int) -> None:
+        self.released = max(0, self.released - n)
+        if not self.released and self.held:
+            held, self.held = self.held, []
+            for part, waiter in held:
+                if not waiter.done():
+                    _chain(asyncio.ensure_future(self._release(part)), waiter)
+
+
+def _chain(task: asyncio.Future, waiter: asyncio.Future) -> None:
+    def to_waiter(t: asyncio.Future) -> None:
+        if waiter.done():
+            return
+        if t.cancelled():
+            waiter.cancel()
+        elif t.exception() is not None:
+            waiter.set_exception(t.exception())
+        else:
+            waiter.set_result(t.result())
+
+    task.add_done_callback(to_waiter)
+    waiter.add_done_callback(lambda w: task.cancel() if w.cancelled() else None)
 
 
 def batch_size(parts: list[Part]) -> int:
@@ -222,6 +288,10 @@ class BatchRunner:
         m.observe("zeroshot_batch_parts", len(parts))
         m.observe("zeroshot_batch_padded_tokens", stats.padded_tokens)
         m.observe("zeroshot_batch_padding_ratio", stats.padding_ratio)
+        m.inc("zeroshot_batches")
+        m.inc("zeroshot_pairs", stats.pairs)
+        m.inc("zeroshot_tokens", stats.tokens)
+        m.inc("zeroshot_padded_tokens", stats.padded_tokens)
 
 
 @serve.deployment(
@@ -258,6 +328,7 @@ class ZeroShotClassifier:
         self.max_length = int(getattr(model_config, "max_position_embeddings", 0) or 1 << 20)
         self.dtype = dtype_name(self.scorer.dtype)
         self.runner = BatchRunner(self.scorer, classifier_metrics())
+        self.gate = BatchGate(self.score_parts)
         self._requests = 0
         self._warm_up(model_config)
         log.info(
@@ -292,7 +363,7 @@ class ZeroShotClassifier:
         pairs = unpack_pairs(ids, lengths)
         self._requests += 1
         parts = split_request(self._requests, pairs, self.settings)
-        results = await asyncio.gather(*(self.score_parts(part) for _, part in parts))
+        results = await asyncio.gather(*(self.gate.run(part) for _, part in parts))
         out = np.empty((len(pairs), self.scorer.num_labels), dtype=np.float32)
         for (idx, _), result in zip(parts, results):
             if isinstance(result, BaseException):
@@ -302,6 +373,7 @@ class ZeroShotClassifier:
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01, batch_size_fn=batch_size)
     async def score_parts(self, parts: list[Part]) -> list[np.ndarray | ZeroShotError]:
+        self.gate.started(parts)
         # Errors come back as values: raising here would fail every request of the batch.
         try:
             return await self.runner.run(parts)

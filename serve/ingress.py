@@ -215,7 +215,7 @@ class Service:
         body = json.loads(response.body)
         self.metrics.inc(
             "zeroshot_request_errors",
-            {"type": body["error"]["type"], "status": str(response.status_code)},
+            tags={"type": body["error"]["type"], "status": str(response.status_code)},
         )
         if response.status_code < 500:
             log.info(

@@ -41,8 +41,17 @@ HISTOGRAMS: dict[str, tuple[str, Sequence[float]]] = {
         RATIOS,
     ),
 }
-COUNTERS = {
-    "zeroshot_request_errors": "Ingress: requests answered with an error, by type and status.",
+# Counters are exact where Ray's exported histogram sums are not (Ray 2.60 rebuilds them from
+# bucket midpoints), so means such as pairs per batch come from these.
+COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "zeroshot_request_errors": (
+        "Ingress: requests answered with an error, by type and status.",
+        ("type", "status"),
+    ),
+    "zeroshot_batches": ("Classifier: @serve.batch calls run.", ()),
+    "zeroshot_pairs": ("Classifier: NLI pairs scored.", ()),
+    "zeroshot_tokens": ("Classifier: tokens scored, before padding.", ()),
+    "zeroshot_padded_tokens": ("Classifier: tokens scored, padding included.", ()),
 }
 
 
@@ -59,9 +68,8 @@ class Metrics:
                 description, bounds = HISTOGRAMS[name]
                 self._hist[name] = Histogram(name, description=description, boundaries=bounds)
             for name in counters:
-                self._count[name] = Counter(
-                    name, description=COUNTERS[name], tag_keys=("type", "status")
-                )
+                description, tag_keys = COUNTERS[name]
+                self._count[name] = Counter(name, description=description, tag_keys=tag_keys)
         except Exception as exc:  # noqa: BLE001 - metrics must never break serving
             logging.getLogger("ray.serve").warning("metrics disabled: %r", exc)
             self._hist, self._count = {}, {}
@@ -71,10 +79,10 @@ class Metrics:
         if hist is not None:
             hist.observe(value)
 
-    def inc(self, name: str, tags: dict[str, str]) -> None:
+    def inc(self, name: str, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
         counter = self._count.get(name)
-        if counter is not None:
-            counter.inc(tags=tags)
+        if counter is not None and value > 0:
+            counter.inc(value, tags=tags)
 
 
 def ingress_metrics() -> Metrics:
@@ -92,5 +100,6 @@ def classifier_metrics() -> Metrics:
             "zeroshot_batch_parts",
             "zeroshot_batch_padded_tokens",
             "zeroshot_batch_padding_ratio",
-        ]
+        ],
+        ["zeroshot_batches", "zeroshot_pairs", "zeroshot_tokens", "zeroshot_padded_tokens"],
     )

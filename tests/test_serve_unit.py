@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from serve.classifier import (
+    BatchGate,
     BatchRunner,
     BatchSettings,
     Part,
@@ -121,6 +122,58 @@ def test_batch_runner_isolates_a_failing_part():
     assert runner.stats.max_requests_per_batch == 2
 
 
+def test_batch_gate_fills_the_next_batch_while_one_runs():
+    """A fake Serve queue: parts are queued by `submit` and run when the test starts a batch."""
+
+    async def scenario():
+        settings = BatchSettings(ServeBatching())
+        queued: list[tuple[Part, asyncio.Future]] = []
+
+        async def submit(part):
+            fut = asyncio.get_running_loop().create_future()
+            queued.append((part, fut))
+            return await fut
+
+        gate = BatchGate(submit)
+
+        async def start_batch():
+            batch = [(p, f) for p, f in queued if not f.cancelled()]  # as Serve drops them
+            queued[:] = []
+            gate.started([p for p, _ in batch])
+            await asyncio.sleep(0)  # let released parts reach the queue
+            return batch
+
+        parts = [Part(i, [np.asarray([i])], 8, settings) for i in range(6)]
+        first = asyncio.create_task(gate.run(parts[0]))
+        await asyncio.sleep(0)
+        assert len(queued) == 1  # idle: straight in
+        rest = [asyncio.create_task(gate.run(p)) for p in parts[1:]]
+        await asyncio.sleep(0)
+        assert len(queued) == 1 and len(gate.held) == 5  # one batch is already waiting
+        rest[1].cancel()  # a request cancelled while held never reaches the queue
+        running = await start_batch()  # batch 1 starts: everything held is released at once
+        assert [p.request for p, _ in running] == [0]
+        assert sorted(p.request for p, _ in queued) == [1, 3, 4, 5]
+        running[0][1].set_result("r0")
+        assert await first == "r0"
+        late = asyncio.create_task(gate.run(Part(9, [np.asarray([9])], 8, settings)))
+        await asyncio.sleep(0)
+        assert len(gate.held) == 1  # batch 2 is formed but not started: hold
+        queued[0][1].cancel()  # a released part dropped before its batch began (Serve)
+        await asyncio.sleep(0)
+        assert gate.released == 3
+        batch2 = await start_batch()
+        assert [p.request for p, _ in queued] == [9]  # released when batch 2 began
+        for part, fut in batch2:
+            fut.set_result(f"r{part.request}")
+        queued[0][1].set_result("r9")
+        assert await late == "r9"
+        assert [await t for t in rest[2:]] == ["r3", "r4", "r5"]
+        assert rest[1].cancelled() and rest[0].cancelled()
+
+    asyncio.run(scenario())
+
+
 def test_check_health_fails_without_model():
     cls = ZeroShotClassifier.func_or_class
     replica = cls.__new__(cls)
@@ -134,7 +187,8 @@ def test_every_metric_is_created():
 
     made = {**classifier_metrics()._hist, **ingress_metrics()._hist}
     assert set(made) == set(HISTOGRAMS)  # e.g. a zero bucket boundary would disable them all
-    assert set(ingress_metrics()._count) == set(COUNTERS)
+    counters = {**classifier_metrics()._count, **ingress_metrics()._count}
+    assert set(counters) == set(COUNTERS)
 
 
 def _yaml() -> dict:

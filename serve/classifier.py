@@ -4,7 +4,8 @@ A request's pairs arrive as one flat id array; they are cut into length-sorted p
 under the batch budgets) and every part is queued on the batched method, so parts of many
 concurrent requests - with different labels and templates - share forward passes. The batch
 is sized in pairs and closed early by a padded-token budget (`batch_size_fn`), and both
-budgets and the wait come from the deployment's `user_config`.
+budgets and the wait come from the deployment's `user_config`. A `BatchGate` in front of the
+queue lets the next batch form while the current one runs, so batches stay full under load.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from serve.config import INGRESS_NAME, AppConfig
 from serve.errors import (
@@ -67,12 +68,16 @@ async def read_json(request: Request, limit: int) -> object:
             f"the body has {declared} bytes; the limit is {limit}", ErrorType.BODY_TOO_LARGE
         )
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise HTTPError(
-                f"the body exceeds the limit of {limit} bytes", ErrorType.BODY_TOO_LARGE
-            )
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise HTTPError(
+                    f"the body exceeds the limit of {limit} bytes", ErrorType.BODY_TOO_LARGE
+                )
+    except ClientDisconnect:
+        # Nobody will read the answer; no stack trace for it either.
+        raise HTTPError("the client went away while sending", ErrorType.INVALID_JSON) from None
     if not body.strip():
         raise HTTPError("the body is empty; send a JSON object", ErrorType.INVALID_JSON)
     try:

@@ -287,6 +287,8 @@ BAD = [
     ("malformed json", b'{"inputs": "x", ', 400, "invalid_json"),
     ("empty body", b"", 400, "invalid_json"),
     ("whitespace body", b"   \n", 400, "invalid_json"),
+    ("deeply nested json", b"[" * 2000 + b"]" * 2000, 400, "invalid_json"),
+    ("not utf-8", b'{"inputs": "\xff\xfe"}', 400, "invalid_json"),
     ("not an object", [1, 2], 422, "validation_error"),
     ("unknown field", {**OK, "extra": 1}, 422, "validation_error"),
     ("unknown parameter", {"inputs": "x", "parameters": {"candidate_labels": "a", "top_k": 1}},

@@ -39,7 +39,9 @@ def test_classify_bad_input_is_a_clear_error(tiny_model):
 
 
 def test_make_test_model_with_custom_label_order(tmp_path):
-    out = run("make-test-model", str(tmp_path / "m"), "--labels", "Entailment,Neutral,Contradiction")
+    out = run(
+        "make-test-model", str(tmp_path / "m"), "--labels", "Entailment,Neutral,Contradiction"
+    )
     assert out.returncode == 0, out.stderr
     config = AutoConfig.from_pretrained(tmp_path / "m")
     assert config.label2id == {"Entailment": 0, "Neutral": 1, "Contradiction": 2}

@@ -424,8 +424,19 @@ def main() -> None:
         },
         "wall_s": round(time.time() - t_start, 1),
     }
-    write_results("serve_load", data)
+    write_results("serve_load", _no_nan(data))
     plot(data)
+
+
+def _no_nan(node):
+    """NaN (no answer inside a window) as null, so the file is strict JSON."""
+    if isinstance(node, dict):
+        return {k: _no_nan(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_no_nan(v) for v in node]
+    if isinstance(node, float) and node != node:
+        return None
+    return node
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from zeroshot.config import DEFAULT_MODEL, DEFAULT_TEMPLATE
+from zeroshot.cli import add_model_args
+from zeroshot.config import DEFAULT_TEMPLATE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,14 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--multi-label", action="store_true", help="score labels independently")
     parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="hypothesis template with {}")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local directory")
-    parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
-    parser.add_argument(
-        "--device", default="auto", help="auto (CUDA when the actor got a GPU), cpu, cuda"
-    )
-    parser.add_argument(
-        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"]
-    )
+    add_model_args(parser, device_help="auto (CUDA when the actor got a GPU), cpu, cuda")
     parser.add_argument(
         "--address",
         default=None,

@@ -11,20 +11,13 @@ import signal
 import sys
 import time
 
-from zeroshot.config import DEFAULT_MODEL
+from zeroshot.cli import add_model_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local model directory")
-    parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    add_model_args(parser, device_help="auto (the GPU Ray assigned, else CPU), cpu or cuda")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP host (0.0.0.0: all interfaces)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port")
-    parser.add_argument(
-        "--device", default="auto", help="auto (the GPU Ray assigned, else CPU), cpu or cuda"
-    )
-    parser.add_argument(
-        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"]
-    )
     parser.add_argument(
         "--address",
         default=None,

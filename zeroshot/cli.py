@@ -20,10 +20,13 @@ _PLUGINS = {
 }
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(
+    p: argparse.ArgumentParser, device_help: str = "auto, cpu, cuda or cuda:N"
+) -> None:
+    """--model, --revision, --device, --dtype: the same four options on every subcommand."""
     p.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local directory")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help=device_help)
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
 
 
@@ -36,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help='candidate labels, e.g. "a,b,c"')
     p.add_argument("--template", default=DEFAULT_TEMPLATE, help="hypothesis template with {}")
     p.add_argument("--multi-label", action="store_true")
-    _add_model_args(p)
+    add_model_args(p)
 
     p = sub.add_parser("make-test-model", help="write a random-weight BART model for tests")
     p.add_argument("directory")

@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=200)
     ap.add_argument("--pipeline-texts", type=int, default=40, help="subset for the slow pipeline")
     ap.add_argument("--batch-sizes", default="8,32", help="pipeline batch sizes to search")
+    ap.add_argument("--repeats", type=int, default=2, help="best of N for engine and bare runs")
     args = ap.parse_args()
 
     from transformers import pipeline
@@ -59,6 +60,8 @@ def main() -> None:
         clf = ZeroShotClassifier.from_pretrained(model, dtype=dtype, device="cpu")
         clf(texts[:2], labels)  # warm-up
         results, secs = timed(lambda clf=clf: clf(texts, labels))
+        for _ in range(args.repeats - 1):  # best of N: this shared 2-core box is noisy
+            secs = min(secs, timed(lambda clf=clf: clf(texts, labels))[1])
         name = f"engine_{dtype}"
         out[name] = {"dtype": clf.dtype, "seconds": secs, "pairs_per_s": n_pairs / secs}
         engines[dtype] = (clf, results)
@@ -67,11 +70,14 @@ def main() -> None:
     clf32 = engines["float32"][0]
     pairs = clf32.frontend.encode(ClassificationRequest.create(texts, labels)).pairs
     for dtype in ("float32", "auto"):
-        out[f"bare_{dtype}"] = bare_limit(model, dtype, pairs, clf32.scorer.batching)
+        runs = [bare_limit(model, dtype, pairs, clf32.scorer.batching) for _ in range(args.repeats)]
+        out[f"bare_{dtype}"] = max(runs, key=lambda r: r["pairs_per_s"])
         del out[f"bare_{dtype}"]["pairs"]
 
     # The pipeline is slow (one pair per forward by default): time it on a subset.
-    sub = texts[: args.pipeline_texts]
+    sub_idx = list(range(0, len(texts), max(1, len(texts) // args.pipeline_texts)))
+    sub_idx = sub_idx[: args.pipeline_texts]
+    sub = [texts[i] for i in sub_idx]
     sub_pairs = len(sub) * len(labels)
     pipe = pipeline("zero-shot-classification", model=model, device=-1, dtype=torch.float32)
     pipe(sub[:1], candidate_labels=labels)
@@ -84,12 +90,15 @@ def main() -> None:
         if best is None or sub_pairs / secs > best[1]:
             best = (bs, sub_pairs / secs)
     out["pipeline_best"] = {"batch_size": best[0], "pairs_per_s": best[1]}
+    # The engine on the pipeline's subset: the pipeline ratios compare equal work.
+    _, secs = timed(lambda: engines["auto"][0](sub, labels))
+    out["engine_auto_on_pipeline_subset"] = {"seconds": secs, "pairs_per_s": sub_pairs / secs}
 
     # Agreement: float32 engine vs pipeline, bf16 vs float32.
     exact = score_map(engines["float32"][1])
     out["max_abs_diff_engine_fp32_vs_pipeline"] = max(
         abs(exact[i][label] - s)
-        for i, r in enumerate(ref)
+        for i, r in zip(sub_idx, ref)
         for label, s in zip(r["labels"], r["scores"])
     )
     fast = score_map(engines["auto"][1])
@@ -101,12 +110,13 @@ def main() -> None:
     ]))  # fmt: skip
 
     e32, eauto = out["engine_float32"]["pairs_per_s"], out["engine_auto"]["pairs_per_s"]
+    esub = out["engine_auto_on_pipeline_subset"]["pairs_per_s"]
     out["ratios"] = {
         "engine_fp32_over_bare_fp32": e32 / out["bare_float32"]["pairs_per_s"],
         "engine_auto_over_bare_auto": eauto / out["bare_auto"]["pairs_per_s"],
-        "engine_auto_over_pipeline_default": eauto / out["pipeline_default"]["pairs_per_s"],
-        "engine_auto_over_pipeline_best": eauto / out["pipeline_best"]["pairs_per_s"],
-        "engine_fp32_over_pipeline_default": e32 / out["pipeline_default"]["pairs_per_s"],
+        "engine_auto_over_pipeline_default": esub / out["pipeline_default"]["pairs_per_s"],
+        "engine_auto_over_pipeline_best": esub / out["pipeline_best"]["pairs_per_s"],
+        "engine_auto_over_engine_fp32": eauto / e32,
     }
     out["targets"] = {
         "engine_fp32_over_bare_fp32 >= 0.9": out["ratios"]["engine_fp32_over_bare_fp32"] >= 0.9,

@@ -23,8 +23,17 @@ def test_plan_batches_respects_the_padded_token_budget():
         assert padded - lengths[idx].max() < 8
         assert len(idx) <= 64
         assert padded * len(idx) <= 2048
+        assert (-(-lengths[idx] // 8) * 8 >= 0.75 * padded).all()  # min_fill
     firsts = [lengths[idx].max() for idx, _ in plan]
     assert firsts == sorted(firsts, reverse=True)  # longest first
+
+
+def test_one_long_pair_does_not_pad_a_batch_of_short_ones():
+    lengths = np.array([300] + [20] * 50)
+    plan = plan_batches(lengths, BatchingConfig(max_batch_tokens=100_000))
+    assert [(len(idx), padded) for idx, padded in plan] == [(1, 304), (50, 24)]
+    packed = plan_batches(lengths, BatchingConfig(max_batch_tokens=100_000, min_fill=0.0))
+    assert [(len(idx), padded) for idx, padded in packed] == [(51, 304)]
 
 
 def test_a_pair_longer_than_the_budget_runs_alone():

@@ -66,6 +66,14 @@ class BatchingConfig(BaseModel):
     pad_to_multiple_of: int = Field(
         8, ge=1, description="Right-pad each batch to a multiple of this length (kernel-friendly)."
     )
+    min_fill: float = Field(
+        0.75,
+        ge=0.0,
+        le=1.0,
+        description="A pair joins a batch only if its (rounded) length is at least this fraction "
+        "of the batch's padded length, so padding never wastes more than 1 - min_fill of a "
+        "pair's compute; 0 packs by the token budget alone.",
+    )
 
 
 class EngineConfig(BaseModel):

@@ -38,13 +38,22 @@ def round_up(n: int, multiple: int) -> int:
 
 
 def plan_batches(lengths: np.ndarray, batching: BatchingConfig) -> list[tuple[np.ndarray, int]]:
-    """Index groups and their padded length, longest first, each under the token budget."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
+    """Index groups and their padded length, longest first, each under the token budget.
+
+    Sorting alone still lets one long pair pad a whole batch of short ones; a batch also ends
+    where the next pair would fill less than `min_fill` of the padded length.
+    """
+    lengths = np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable")
+    rounded = -(-lengths[order] // batching.pad_to_multiple_of) * batching.pad_to_multiple_of
     plan = []
     start = 0
     while start < len(order):
-        padded = round_up(int(lengths[order[start]]), batching.pad_to_multiple_of)
+        padded = int(rounded[start])
         count = max(1, min(batching.max_batch_pairs, batching.max_batch_tokens // padded))
+        # rounded is descending: -rounded ascending, so searchsorted finds the fill cut-off.
+        window = -rounded[start : start + count]
+        count = max(1, int(np.searchsorted(window, -padded * batching.min_fill, side="right")))
         plan.append((order[start : start + count], padded))
         start += count
     return plan

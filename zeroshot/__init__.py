@@ -16,7 +16,6 @@ _EXPORTS = {
     "DEFAULT_MODEL": "zeroshot.config",
     "DEFAULT_TEMPLATE": "zeroshot.config",
     "BatchingConfig": "zeroshot.config",
-    "EngineConfig": "zeroshot.config",
     "Limits": "zeroshot.config",
     "ModelConfig": "zeroshot.config",
     "EncodedRequest": "zeroshot.encode",

@@ -75,14 +75,3 @@ class BatchingConfig(BaseModel):
         "pair's compute; 0 packs by the token budget alone.",
     )
 
-
-class EngineConfig(BaseModel):
-    """Everything the engine needs: model, batching and request limits."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model: ModelConfig = Field(default_factory=ModelConfig, description="Model to load.")
-    batching: BatchingConfig = Field(
-        default_factory=BatchingConfig, description="Forward-pass batching."
-    )
-    limits: Limits = Field(default_factory=Limits, description="Per-request input limits.")

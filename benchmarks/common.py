@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 FULL_MODEL = ROOT / ".bench" / "full"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -47,26 +45,27 @@ def seeded_texts(n: int, seed: int = 0) -> list[str]:
 
 
 def bare_limit(model_dir: str, dtype: str, pairs, batching=None, device: str = "cpu") -> dict:
-    """Forward-pass throughput with no overhead: pre-tokenized pairs, length-sorted batches
-    padded before the clock starts; only `model(...)` calls are timed."""
+    """Forward-pass throughput with no overhead: pre-tokenized pairs (a `Pairs`), length-sorted
+    batches padded and on the device before the clock starts; only the forward passes (and
+    reading their logits back) are timed."""
     from zeroshot.score import Scorer, pad_batch, plan_batches
 
     scorer = Scorer.from_pretrained(model_dir, device=device, dtype=dtype, batching=batching)
-    lengths = np.fromiter((len(p) for p in pairs), dtype=np.int64, count=len(pairs))
+    backend = scorer.backend
     batches = [
-        pad_batch(pairs, idx, padded, scorer.pad_token_id)
-        for idx, padded in plan_batches(lengths, scorer.batching)
+        backend.encode_pre(*pad_batch(pairs, idx, padded, scorer.pad_token_id))
+        for idx, padded in plan_batches(pairs.lengths, scorer.batching)
     ]
-    scorer.forward(*batches[-1])  # warm-up on the smallest batch
+    backend.encode_post(backend.encode_core(batches[-1]))  # warm-up on the smallest batch
     t0 = time.perf_counter()
-    for ids, mask in batches:
-        scorer.forward(ids, mask)
+    for inputs in batches:
+        backend.encode_post(backend.encode_core(inputs))
     seconds = time.perf_counter() - t0
     return {
         "pairs": len(pairs),
         "seconds": seconds,
         "pairs_per_s": len(pairs) / seconds,
-        "dtype": str(scorer.dtype).removeprefix("torch."),
+        "dtype": scorer.dtype,
         "batches": len(batches),
     }
 

@@ -64,7 +64,9 @@ def run_job(data: str, out: Path, model: str, dtype: str, batch_size: int, devic
             labels=LABELS,
             id_column="id",
             # On a GPU machine the actor picks CUDA itself (it is given the GPU).
-            model={"model": model, "dtype": dtype, "device": "cpu" if device == "cpu" else "auto"},
+            model=model,
+            dtype=dtype,
+            device="cpu" if device == "cpu" else "auto",
             batch_size=batch_size,
             overwrite=True,
             show_progress=False,
@@ -175,7 +177,6 @@ def main() -> None:
 
     import torch
 
-    from pipelines.config import CPU_MAX_BATCH_TOKENS
     from zeroshot.config import BatchingConfig
     from zeroshot.frontend import Frontend
     from zeroshot.requests import ClassificationRequest
@@ -187,7 +188,7 @@ def main() -> None:
     frontend = Frontend.from_pretrained(model)
     # Built directly: the job checks texts itself, and a request caps its sequences.
     pairs = frontend.encode(ClassificationRequest(tuple(texts), tuple(LABELS))).pairs
-    lengths = np.array([len(p) for p in pairs])
+    lengths = pairs.lengths
     out: dict = {
         "model": "full fixture (distilbart-mnli-12-1 shape, random weights)",
         "rows": len(texts),
@@ -202,9 +203,7 @@ def main() -> None:
     }
 
     # The bare limit cuts batches exactly as the job's actors do on this device.
-    batching = BatchingConfig(
-        max_batch_tokens=CPU_MAX_BATCH_TOKENS if args.device == "cpu" else 16384
-    )
+    batching = BatchingConfig().for_device(args.device)
     out["max_batch_tokens"] = batching.max_batch_tokens
 
     # Interleaved, so a change in background load hits each pair of runs alike.

@@ -51,7 +51,8 @@ def workload(n: int, max_words: int | None, seed: int = 0) -> list[dict]:
     ]
 
 
-def encode_pairs(model: str, bodies: list[dict]) -> list[list[np.ndarray]]:
+def encode_pairs(model: str, bodies: list[dict]) -> list:
+    """Each body's `Pairs`."""
     from zeroshot.frontend import Frontend
 
     frontend = Frontend.from_pretrained(model)
@@ -63,9 +64,7 @@ def encode_pairs(model: str, bodies: list[dict]) -> list[list[np.ndarray]]:
     ]
 
 
-def one_forward_seconds(
-    model: str, dtype: str, per_request: list[list[np.ndarray]], device: str = "cpu"
-) -> list:
+def one_forward_seconds(model: str, dtype: str, per_request: list, device: str = "cpu") -> list:
     """Time of scoring each request alone (its pairs in one pass) in this process."""
     from zeroshot.score import Scorer
 
@@ -211,24 +210,17 @@ def wait_for_metrics(port: int, app: str, batches: int, timeout: float = 40) -> 
         time.sleep(1)
 
 
-def deploy(app: str, cfg, cpus: int, gpus: int) -> None:
+def deploy(app: str, cfg) -> None:
     from ray import serve
 
     from serve.app import build
+    from serve.config import CLASSIFIER_NAME
 
-    fixed = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}
-    classifier = {
-        **fixed,
-        "ray_actor_options": {"num_cpus": cpus, "num_gpus": gpus},
-        # The same queue for every batching setting: only user_config differs between runs.
-        "max_ongoing_requests": 128,
-        "max_queued_requests": 512,
-    }
     serve.run(
         build(
             cfg,
-            ingress_options={**fixed, "ray_actor_options": {"num_cpus": 0.5}},
-            classifier_options=classifier,
+            # The same queue for every batching setting: only user_config differs between runs.
+            overrides={CLASSIFIER_NAME: {"max_ongoing_requests": 128, "max_queued_requests": 512}},
         ),
         name=app,
         route_prefix="/",
@@ -277,7 +269,6 @@ def main() -> None:
         "--max-words", type=int, default=40, help="cut texts to this many words (0: no cut)"
     )
     ap.add_argument("--max-batch-size", type=int, default=64, help="pairs per batch")
-    ap.add_argument("--max-batch-tokens", type=int, default=4096)
     ap.add_argument("--forward-tokens", type=int, default=2048, help="tokens per forward pass")
     ap.add_argument("--c1-requests", type=int, default=12, help="bodies cycled at concurrency 1")
     ap.add_argument("--limit-requests", type=int, default=12, help="bodies for the bare limit")
@@ -289,6 +280,7 @@ def main() -> None:
 
     from serve.config import AppConfig, ServeBatching
     from zeroshot.config import BatchingConfig
+    from zeroshot.pairs import Pairs
 
     t_start = time.time()
     model = args.model or ensure_full_model()
@@ -298,10 +290,7 @@ def main() -> None:
     threads = torch.get_num_threads()
     forward = BatchingConfig(max_batch_tokens=args.forward_tokens)
     batched = ServeBatching(
-        max_batch_size=args.max_batch_size,
-        max_batch_tokens=args.max_batch_tokens,
-        batch_wait_timeout_s=args.wait,
-        forward=forward,
+        max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.wait, forward=forward
     )
     configs = {
         "batched": batched,
@@ -311,7 +300,7 @@ def main() -> None:
     # Other work on a shared box moves every figure (the bare limit has swung 2x within
     # minutes here), so the baselines are measured next to the runs they judge: the bare
     # limit between the batched levels, one forward per request just before concurrency 1.
-    sample = [p for ps in per_request[: args.limit_requests] for p in ps]
+    sample = Pairs.concat(per_request[: args.limit_requests])
     n_c1 = args.c1_requests  # concurrency 1 cycles over these: latency pairs with their forwards
 
     def limit_now() -> float:
@@ -336,8 +325,15 @@ def main() -> None:
     try:
         for name, batching in configs.items():
             app = "load_" + re.sub(r"\W", "_", name)
-            cfg = AppConfig(model=model, dtype=args.dtype, batching=batching, torch_threads=threads)
-            deploy(app, cfg, threads, gpus)
+            one = {"min_replicas": 1, "max_replicas": 1}
+            cfg = AppConfig(
+                model=model,
+                dtype=args.dtype,
+                batching=batching,
+                ingress={**one, "num_cpus": 0.5},
+                classifier={**one, "num_cpus": threads, "num_gpus": gpus, "torch_threads": threads},
+            )
+            deploy(app, cfg)
             handle = serve.get_deployment_handle("ZeroShotClassifier", app_name=app)
             asyncio.run(closed_loop(url, bodies[-8:], pairs[-8:], 2, 0.1))  # warm-up
             runs[name] = []
@@ -403,7 +399,7 @@ def main() -> None:
             "requests": len(bodies),
             "labels_per_request": "1-10",
             "mean_pairs_per_request": float(np.mean(pairs)),
-            "mean_tokens_per_pair": float(np.mean([len(p) for ps in per_request for p in ps])),
+            "mean_tokens_per_pair": float(np.mean(Pairs.concat(per_request).lengths)),
             "max_words": args.max_words,
         },
         "batching": {name: b.model_dump() for name, b in configs.items()},

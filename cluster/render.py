@@ -26,13 +26,17 @@ from typing import Any
 
 import yaml
 
+from pipelines.cli import command_line
+from pipelines.config import JobConfig
+from serve.config import CLASSIFIER_NAME, INGRESS_NAME, AppConfig
+
 REPO = Path(__file__).resolve().parent.parent
 SERVE_CONFIG = REPO / "serve" / "config.yaml"
 OUT_DIR = REPO / "cluster" / "kuberay"
 
 RAY_VERSION = "2.60.0"
-CLASSIFIER = "ZeroShotClassifier"
-INGRESS = "ZeroShotIngress"
+CLASSIFIER = CLASSIFIER_NAME
+INGRESS = INGRESS_NAME
 GPU_RESOURCE = "nvidia.com/gpu"
 
 HEADER = (
@@ -50,44 +54,19 @@ class PodShape:
     gpus: int = 0
 
 
-@dataclass(frozen=True)
-class ScoreJob:
-    """The offline job the RayJob runs (`zeroshot score` over object-store Parquet)."""
-
-    input: str = "s3://my-bucket/zeroshot/input/"
-    output: str = "s3://my-bucket/zeroshot/output/"
-    labels: str = "billing,technical issue,account access,feedback"
-    text_column: str = "text"
-    id_column: str = "id"
-    num_actors: int = 4
-    gpus_per_actor: float = 1.0
-    batch_size: int = 256
-    max_batch_tokens: int = 32768
-
-    def entrypoint(self) -> str:
-        args = [
-            "zeroshot",
-            "score",
-            self.input,
-            self.output,
-            "--labels",
-            self.labels,
-            "--text-column",
-            self.text_column,
-            "--id-column",
-            self.id_column,
-            "--num-actors",
-            str(self.num_actors),
-            "--gpus-per-actor",
-            _num(self.gpus_per_actor),
-            "--batch-size",
-            str(self.batch_size),
-            "--max-batch-tokens",
-            str(self.max_batch_tokens),
-            # no --overwrite: a retry (backoffLimit) resumes, scoring only the rows (by id)
-            # that the failed attempt did not write
-        ]
-        return shlex.join(args)
+def example_job() -> JobConfig:
+    """The offline job the RayJob runs (`zeroshot score` over object-store Parquet). No
+    --overwrite: a retry (backoffLimit) resumes, scoring only the rows (by id) that the failed
+    attempt did not write."""
+    return JobConfig(
+        input="s3://my-bucket/zeroshot/input/",
+        output="s3://my-bucket/zeroshot/output/",
+        labels=["billing", "technical issue", "account access", "feedback"],
+        id_column="id",
+        num_actors=4,
+        gpus_per_actor=1.0,
+        batching={"max_batch_tokens": 32768},
+    )
 
 
 @dataclass(frozen=True)
@@ -114,7 +93,7 @@ class Settings:
     # Batch pods read and write the object store: give this ServiceAccount bucket access
     # (IRSA on EKS, Workload Identity on GKE); see cluster/kuberay/serviceaccount.yaml.
     batch_service_account: str = "zeroshot-batch"
-    job: ScoreJob = field(default_factory=ScoreJob)
+    job: JobConfig = field(default_factory=example_job)
 
 
 def _num(x: float) -> str:
@@ -281,30 +260,27 @@ class DeploymentNeeds:
     num_gpus: float
 
 
-def _deployment(app: dict, name: str) -> dict:
-    for dep in app.get("deployments") or []:
-        if dep.get("name") == name:
-            return dep
-    raise ValueError(f"serve config: application {app.get('name')!r} has no deployment {name}")
-
-
 def deployment_needs(serve_config: dict) -> dict[str, DeploymentNeeds]:
-    """Replica counts and per-replica resources of the ingress and classifier, per the config
-    file (deployment defaults as Ray applies them: 1 CPU and 0 GPUs per replica)."""
+    """Replica counts and per-replica resources of the ingress and classifier: the options
+    `AppConfig.deployment_options` computes from the file's `args` (on a cluster with GPUs),
+    under any `deployments` entry of the file, as Serve applies them."""
     apps = serve_config.get("applications") or []
     if len(apps) != 1:
         raise ValueError(f"serve config: expected one application, found {len(apps)}")
+    options = AppConfig.model_validate(apps[0].get("args") or {}).deployment_options(1.0)
+    for entry in apps[0].get("deployments") or []:
+        options.setdefault(entry.get("name"), {}).update(entry)
     out = {}
     for name in (INGRESS, CLASSIFIER):
-        dep = _deployment(apps[0], name)
-        opts = dep.get("ray_actor_options") or {}
-        auto = dep.get("autoscaling_config")
+        opts = options[name]
+        actor = opts.get("ray_actor_options") or {}
+        auto = opts.get("autoscaling_config")
         if auto:
             lo, hi = int(auto.get("min_replicas", 1)), int(auto.get("max_replicas", 1))
         else:
-            lo = hi = int(dep.get("num_replicas", 1))
+            lo = hi = int(opts.get("num_replicas", 1))
         out[name] = DeploymentNeeds(
-            name, lo, hi, float(opts.get("num_cpus", 1)), float(opts.get("num_gpus", 0))
+            name, lo, hi, float(actor.get("num_cpus", 1)), float(actor.get("num_gpus", 0))
         )
     return out
 
@@ -372,7 +348,9 @@ def rayservice(s: Settings, serve_text: str) -> dict[str, Any]:
 
 def rayjob(s: Settings) -> dict[str, Any]:
     job = s.job
-    gpu_pods = math.ceil(job.num_actors * job.gpus_per_actor / s.gpu_worker.gpus - 1e-9)
+    gpu_pods = math.ceil(
+        (job.num_actors or 1) * (job.gpus_per_actor or 0) / s.gpu_worker.gpus - 1e-9
+    )
     sa = s.batch_service_account
     return {
         "apiVersion": "ray.io/v1",
@@ -386,7 +364,7 @@ def rayjob(s: Settings) -> dict[str, Any]:
         },
         "spec": {
             # Runs on the head as a Ray job driver (RAY_ADDRESS is set for it).
-            "entrypoint": job.entrypoint(),
+            "entrypoint": shlex.join(command_line(job)),
             # Delete the cluster ttlSecondsAfterFinished seconds after the job ends (keep it a
             # while to read logs); retry a failed job up to backoffLimit times on a new cluster;
             # give up after activeDeadlineSeconds.
@@ -503,30 +481,15 @@ def gpu_groups(spec: dict) -> list[dict]:
     return [g for g in spec.get("workerGroupSpecs") or [] if group_capacity(g)[1] > 0]
 
 
-def parse_score_entrypoint(entrypoint: str) -> dict[str, str]:
-    """The --options of a `zeroshot score` entrypoint (values as strings)."""
+def parse_score_entrypoint(entrypoint: str) -> JobConfig:
+    """The job a `zeroshot score` entrypoint runs, parsed by the real command line."""
+    from pipelines.cli import config_from_args
+    from zeroshot.cli import build_parser
+
     words = shlex.split(entrypoint)
     if words[:2] != ["zeroshot", "score"]:
         raise ValueError(f"entrypoint does not run zeroshot score: {entrypoint!r}")
-    opts: dict[str, str] = {}
-    i = 2
-    positional = []
-    while i < len(words):
-        w = words[i]
-        if w.startswith("--"):
-            key, eq, val = w[2:].partition("=")
-            if eq:
-                opts[key] = val
-            elif i + 1 < len(words) and not words[i + 1].startswith("--"):
-                opts[key] = words[i + 1]
-                i += 1
-            else:
-                opts[key] = ""
-        else:
-            positional.append(w)
-        i += 1
-    opts["_input"], opts["_output"] = (positional + ["", ""])[:2]
-    return opts
+    return config_from_args(build_parser("score").parse_args(words[1:]))
 
 
 def check_resources(manifest: dict, serve_config: dict | None = None) -> list[str]:
@@ -595,9 +558,9 @@ def check_resources(manifest: dict, serve_config: dict | None = None) -> list[st
         for key in ("shutdownAfterJobFinishes", "ttlSecondsAfterFinished", "backoffLimit"):
             if key not in s:
                 problems.append(f"RayJob needs {key}")
-        opts = parse_score_entrypoint(s["entrypoint"])
-        actors = int(opts.get("num-actors", "1"))
-        per_actor = float(opts.get("gpus-per-actor", "1"))
+        job = parse_score_entrypoint(s["entrypoint"])
+        actors = job.num_actors or 1
+        per_actor = job.gpus_per_actor if job.gpus_per_actor is not None else 1.0
         biggest = max((group_capacity(g)[1] for g in gpus), default=0)
         if per_actor > biggest:
             problems.append(f"--gpus-per-actor {per_actor:g} > {biggest:g} GPUs per pod")
@@ -607,9 +570,9 @@ def check_resources(manifest: dict, serve_config: dict | None = None) -> list[st
                 f"--num-actors {actors} x --gpus-per-actor {per_actor:g} needs "
                 f"{actors * per_actor:g} GPUs; the GPU groups' maxReplicas give {capacity:g}"
             )
-        for key in ("_input", "_output"):
-            if not opts[key].startswith(("s3://", "gs://", "abfs://", "az://", "hdfs://")):
-                problems.append(f"RayJob reads/writes object-store paths, not {opts[key]!r}")
+        for path in (job.input, job.output):
+            if not path.startswith(("s3://", "gs://", "abfs://", "az://", "hdfs://")):
+                problems.append(f"RayJob reads/writes object-store paths, not {path!r}")
     return problems
 
 

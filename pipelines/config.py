@@ -3,7 +3,7 @@ and `run_job(JobConfig(...))` from a RayJob entrypoint or a notebook."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from zeroshot.config import DEFAULT_TEMPLATE, BatchingConfig, Limits, ModelConfig
 from zeroshot.requests import parse_labels
@@ -12,8 +12,6 @@ from zeroshot.requests import parse_labels
 OUTPUT_COLUMNS = ("labels", "scores", "top_label", "top_score", "error")
 # Ray Data's deterministic id (`read_parquet(include_row_hash=True)`) when no id column is given.
 ROW_HASH_COLUMN = "row_hash"
-# A CPU forward pass costs in proportion to padded tokens: small, tightly sorted batches win.
-CPU_MAX_BATCH_TOKENS = 2048
 # Added only with `record_scorer`: where each row was scored.
 SCORER_COLUMNS = ("scorer_node", "scorer_device")
 
@@ -24,8 +22,11 @@ def _split_columns(value: object) -> object:
     return value
 
 
-class JobConfig(BaseModel):
-    """One offline scoring job: which Parquet to read, how to classify it, where to write."""
+class JobConfig(ModelConfig):
+    """One offline scoring job: which Parquet to read, how to classify it, where to write.
+
+    Inherits model, revision, device, dtype and backend from the engine's `ModelConfig`
+    (device 'auto': CUDA when Ray gave the scoring actor a GPU that CUDA can drive)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -61,17 +62,10 @@ class JobConfig(BaseModel):
         description="Score each label independently (entailment vs contradiction) instead of "
         "a softmax across labels.",
     )
-    model: ModelConfig = Field(
-        default_factory=ModelConfig,
-        description="Model, revision, device and dtype of the scoring actors. device 'auto' "
-        "means CUDA when Ray gave the actor a GPU and CUDA works there, else CPU.",
-    )
-    batching: BatchingConfig | None = Field(
-        None,
+    batching: BatchingConfig = Field(
+        default_factory=BatchingConfig,
         description="How each scoring actor cuts a batch's length-sorted pairs into forward "
-        "passes (padded-token budget). None: the engine's default on a GPU, and a "
-        f"{CPU_MAX_BATCH_TOKENS}-token budget on a CPU, where every padded token costs as "
-        "much as a real one.",
+        "passes (padded-token budget; by default one that suits the actor's device).",
     )
     limits: Limits = Field(
         default_factory=Limits,

@@ -240,10 +240,6 @@ class OutputState:
     num_rows: int
     broken: list[str]
 
-    @property
-    def empty(self) -> bool:
-        return not self.files and not self.broken
-
 
 def inspect_output(uri: str) -> OutputState:
     """The readable Parquet files under `uri`, their rows, and the unreadable ones (a write

@@ -37,6 +37,10 @@ from pipelines.files import (
 )
 from pipelines.stages import PRIVATE, StageSpec
 from zeroshot.assemble import NliLabels
+from zeroshot.config import ModelConfig
+
+# The engine's own options of a job (what each scoring actor loads).
+ENGINE_FIELDS = set(ModelConfig.model_fields)
 
 
 class JobSummary(BaseModel):
@@ -166,7 +170,7 @@ def prepare(config: JobConfig) -> Plan:
 
     # The labels and template go through the engine's own request checks (and a real encode,
     # for hypotheses too long for the model) once here, not once per row.
-    frontend = Frontend.from_pretrained(config.model.model, config.model.revision, config.limits)
+    frontend = Frontend.from_pretrained(config.model, config.revision, config.limits)
     request = frontend.request(
         ["probe"], config.labels, config.hypothesis_template, config.multi_label
     )
@@ -184,8 +188,8 @@ def prepare(config: JobConfig) -> Plan:
                 "them, or write elsewhere."
             )
     spec = StageSpec(
-        model=config.model.model,
-        revision=config.model.revision,
+        model=config.model,
+        revision=config.revision,
         limits=config.limits,
         labels=request.labels,
         template=request.hypothesis_template,
@@ -329,7 +333,7 @@ def _execute(config: JobConfig, plan: Plan, t0: float, local: bool) -> JobSummar
         Score,
         compute=ActorPoolStrategy(size=num_actors),
         fn_constructor_kwargs={
-            "model": config.model,
+            "model": ModelConfig.model_validate(config.model_dump(include=ENGINE_FIELDS)),
             "batching": config.batching,
             "torch_threads": threads,
             "record_scorer": config.record_scorer,
@@ -363,7 +367,7 @@ def _execute(config: JobConfig, plan: Plan, t0: float, local: bool) -> JobSummar
         rows_per_s=written / seconds if seconds > 0 else 0.0,
         num_actors=num_actors,
         gpus_per_actor=gpus_per_actor,
-        model=config.model.model,
-        dtype=config.model.dtype,
+        model=config.model,
+        dtype=config.dtype if config.backend == "torch" else f"{config.backend} backend",
         ok=final.num_rows == inputs.num_rows and not final.broken,
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,9 +20,10 @@ import pyarrow.compute as pc
 from zeroshot.assemble import NliLabels
 from zeroshot.assemble import assemble as assemble_results
 from zeroshot.config import BatchingConfig, Limits, ModelConfig
-from zeroshot.encode import EncodedRequest
 from zeroshot.errors import NoTextError, ZeroShotError
+from zeroshot.pairs import Pairs
 from zeroshot.requests import ClassificationRequest, check_text
+from zeroshot.score import Scorer
 
 PAIRS = "__zs_pairs"
 LOGITS = "__zs_logits"
@@ -32,9 +32,6 @@ PRIVATE = (PAIRS, LOGITS, ERROR)
 
 LABELS_TYPE = pa.list_(pa.string())
 SCORES_TYPE = pa.list_(pa.float32())
-
-# Test hook: seconds each Score call sleeps, to make a run slow enough to interrupt.
-DELAY_ENV = "ZEROSHOT_PIPELINES_SCORE_DELAY_S"
 
 
 @dataclass(frozen=True)
@@ -64,16 +61,15 @@ def _frontend(model: str, revision: str | None, limits_json: str):
     return Frontend.from_pretrained(model, revision, Limits.model_validate_json(limits_json))
 
 
-def _list_of_lists(arrays: list[list[np.ndarray]]) -> pa.Array:
-    """Rows of int32 arrays as list<list<int32>>, built from offsets without Python lists."""
-    per_row = np.fromiter((len(r) for r in arrays), dtype=np.int64, count=len(arrays))
-    flat_pairs = [p for r in arrays for p in r]
-    lengths = np.fromiter((len(p) for p in flat_pairs), dtype=np.int64, count=len(flat_pairs))
-    values = np.concatenate(flat_pairs) if flat_pairs else np.empty(0, np.int32)
-    inner_offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int32)
-    outer_offsets = np.concatenate(([0], np.cumsum(per_row))).astype(np.int32)
-    inner = pa.ListArray.from_arrays(pa.array(inner_offsets), pa.array(values, pa.int32()))
-    return pa.ListArray.from_arrays(pa.array(outer_offsets), inner)
+def _pairs_column(pairs: Pairs, per_row: np.ndarray) -> pa.Array:
+    """`per_row[i]` consecutive pairs per row as list<list<int32>>, from offsets (no copies of
+    Python objects)."""
+    outer = np.zeros(len(per_row) + 1, dtype=np.int32)
+    np.cumsum(per_row, out=outer[1:])
+    inner = pa.ListArray.from_arrays(
+        pa.array(pairs.offsets.astype(np.int32)), pa.array(pairs.ids, pa.int32())
+    )
+    return pa.ListArray.from_arrays(pa.array(outer), inner)
 
 
 def encode(batch: pa.Table, *, spec: StageSpec, done_ids: np.ndarray | None = None) -> pa.Table:
@@ -99,29 +95,22 @@ def encode(batch: pa.Table, *, spec: StageSpec, done_ids: np.ndarray | None = No
         except ZeroShotError as exc:
             errors[i] = row_error(exc)
 
-    pairs: list[list[np.ndarray]] = [[] for _ in texts]
+    per_row = np.zeros(len(texts), dtype=np.int64)
+    pairs = Pairs.from_list([])
     if valid:
         # Texts are checked above, so the request is built directly; one tokenizer call.
         request = ClassificationRequest(
             tuple(texts[i] for i in valid), spec.labels, spec.template, spec.multi_label
         )
         (encoded,) = frontend.encode_many([request])
-        n_labels = len(spec.labels)
-        for k, row in enumerate(valid):
-            if isinstance(encoded, ZeroShotError):
+        if isinstance(encoded, ZeroShotError):
+            for row in valid:
                 errors[row] = row_error(encoded)
-            else:
-                pairs[row] = encoded.pairs[k * n_labels : (k + 1) * n_labels]
-    batch = batch.append_column(PAIRS, _list_of_lists(pairs))
+        else:
+            pairs = encoded.pairs
+            per_row[valid] = len(spec.labels)
+    batch = batch.append_column(PAIRS, _pairs_column(pairs, per_row))
     return batch.append_column(ERROR, pa.array(errors, pa.string()))
-
-
-def pick_device(requested: str, gpu_ids: list, cuda_available: bool) -> str:
-    """'auto' means CUDA only when Ray gave this actor a GPU and CUDA works in the process; a
-    node that declares GPUs it cannot drive (or an actor with none assigned) runs on CPU."""
-    if requested != "auto":
-        return requested
-    return "cuda" if gpu_ids and cuda_available else "cpu"
 
 
 class Score:
@@ -134,39 +123,29 @@ class Score:
     def __init__(
         self,
         model: ModelConfig,
-        batching: BatchingConfig | None,
+        batching: BatchingConfig,
         torch_threads: int | None = None,
         record_scorer: bool = False,
     ):
         import ray
-        import torch
 
-        from zeroshot.score import Scorer
+        self.scorer = Scorer.from_config(model, ray.get_gpu_ids(), batching)
+        if self.scorer.backend.device_type == "cpu" and torch_threads:
+            import torch
 
-        device = pick_device(model.device, ray.get_gpu_ids(), torch.cuda.is_available())
-        if device == "cpu" and torch_threads:
             # Ray pins an actor to its reserved CPUs' worth of threads (often 1); a CPU scorer
             # is the job's bottleneck and should use the cores the driver planned for it.
             usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
             torch.set_num_threads(max(1, min(torch_threads, usable or torch_threads)))
-        if batching is None:
-            from pipelines.config import CPU_MAX_BATCH_TOKENS
-
-            cpu = not device.startswith("cuda")
-            batching = BatchingConfig(max_batch_tokens=CPU_MAX_BATCH_TOKENS) if cpu else None
-        self.scorer = Scorer.from_pretrained(
-            model.model, model.revision, device, model.dtype, batching
-        )
         self.node = ray.get_runtime_context().get_node_id()
-        self.device = str(self.scorer.device)
+        self.device = self.scorer.device
         self.record = record_scorer
-        self.delay = float(os.environ.get(DELAY_ENV, "0") or 0)
         # Printed, not logged: Ray forwards actor stdout to the driver, tagged with the actor,
         # so the job's output shows where each scorer landed and what it runs on.
         print(
             f"scorer on node {self.node[:12]}: device {self.device}, dtype "
-            f"{str(self.scorer.dtype).removeprefix('torch.')}, {torch.get_num_threads()} torch "
-            f"threads, {self.scorer.batching.max_batch_tokens}-token forward passes",
+            f"{self.scorer.dtype}, {_torch_threads()} torch threads, "
+            f"{self.scorer.batching.max_batch_tokens}-token forward passes",
             flush=True,
         )
 
@@ -176,8 +155,7 @@ class Score:
         inner = col.flatten()
         lengths = pc.list_value_length(inner).to_numpy(zero_copy_only=False)
         flat = inner.flatten().to_numpy(zero_copy_only=False)
-        pairs = np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
-        logits, _ = self.scorer.score_with_stats(pairs)
+        logits, _ = self.scorer.score(Pairs.from_lengths(flat, lengths))
         width = logits.shape[1]
         offsets = np.concatenate(([0], np.cumsum(per_row) * width)).astype(np.int32)
         out = pa.ListArray.from_arrays(
@@ -188,9 +166,13 @@ class Score:
             n = batch.num_rows
             batch = batch.append_column("scorer_node", pa.array([self.node] * n, pa.string()))
             batch = batch.append_column("scorer_device", pa.array([self.device] * n, pa.string()))
-        if self.delay:
-            time.sleep(self.delay)
         return batch
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def assemble(batch: pa.Table, *, spec: StageSpec, nli: NliLabels) -> pa.Table:
@@ -206,9 +188,7 @@ def assemble(batch: pa.Table, *, spec: StageSpec, nli: NliLabels) -> pa.Table:
         rows = logits_col.take(pa.array(valid)).flatten().to_numpy(zero_copy_only=False)
         texts = batch.column(spec.text_column).take(pa.array(valid)).to_pylist()
         request = ClassificationRequest(tuple(texts), spec.labels, spec.template, spec.multi_label)
-        results = assemble_results(
-            EncodedRequest(request, []), rows.reshape(len(valid) * len(spec.labels), -1), nli
-        )
+        results = assemble_results(request, rows.reshape(len(valid) * len(spec.labels), -1), nli)
         for i, result in zip(valid, results):
             labels[i] = result["labels"]
             scores[i] = result["scores"]

@@ -1,18 +1,17 @@
 """The classifier deployment: the model on its device, `score` behind `@serve.batch`.
 
-A request's pairs arrive as one flat id array; they are cut into length-sorted parts (each
-under the batch budgets) and every part is queued on the batched method, so parts of many
-concurrent requests - with different labels and templates - share forward passes. The batch
-is sized in pairs and closed early by a padded-token budget (`batch_size_fn`), and both
-budgets and the wait come from the deployment's `user_config`. A `BatchGate` in front of the
-queue lets the next batch form while the current one runs, so batches stay full under load.
+A request's pairs arrive as one flat id array (`Pairs`); they are cut into length-sorted parts
+(each at most one forward pass) and every part is queued on the batched method, so parts of
+many concurrent requests - with different labels and templates - share forward passes. The
+batch is sized in pairs (`batch_size_fn`); its size and wait come from the deployment's
+`user_config`. A `BatchGate` in front of the queue lets the next batch form while the current
+one runs, so batches stay full under load.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,42 +21,28 @@ import numpy as np
 from ray import serve
 
 from serve.config import CLASSIFIER_NAME, AppConfig, ServeBatching
-from serve.errors import HTTPError
 from serve.metrics import Metrics, classifier_metrics
-from serve.wire import unpack_pairs
 from zeroshot.config import BatchingConfig
-from zeroshot.errors import ErrorType, InvalidInputError, ZeroShotError
-from zeroshot.score import plan_batches
+from zeroshot.errors import InvalidInputError, ZeroShotError, from_exception
+from zeroshot.pairs import Pairs
+from zeroshot.score import Scorer, plan_batches
 
 # Replica logs go through Serve's logger so each line carries the request id.
 log = logging.getLogger("ray.serve")
 
 
-def pick_device(configured: str, gpu_ids: Sequence[int | str], visible: str | None = None) -> str:
-    """The torch device for a replica from the GPUs Ray assigned to it.
-
-    Ray 2.60 no longer hides GPUs from zero-GPU workers, so `torch.cuda.is_available()` says
-    nothing about this replica: 'auto' means CUDA only when Ray gave the replica a GPU. Ray
-    normally narrows CUDA_VISIBLE_DEVICES to the assigned ids (so the first is cuda:0); with
-    RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES every GPU stays visible and the id is the index.
-    """
-    if configured != "auto":
-        return configured
-    if not gpu_ids:
-        return "cpu"
-    first = str(gpu_ids[0])
-    visible_ids = [v.strip() for v in (visible or "").split(",") if v.strip()]
-    if first in visible_ids:
-        return f"cuda:{visible_ids.index(first)}"
-    return f"cuda:{int(first)}" if first.isdigit() else "cuda"
-
-
 class BatchSettings:
     """The current user_config, shared by reference with every queued part, so
-    `batch_size_fn` (which only sees the parts) always applies the latest budgets."""
+    `batch_size_fn` (which only sees the parts) always applies the latest budgets. `forward`
+    is the batching's forward-pass config with the token budget decided for the device."""
 
-    def __init__(self, batching: ServeBatching):
+    def __init__(self, batching: ServeBatching, device_type: str = "cpu"):
+        self.device_type = device_type
+        self.update(batching)
+
+    def update(self, batching: ServeBatching) -> None:
         self.batching = batching
+        self.forward: BatchingConfig = batching.forward.for_device(self.device_type)
 
 
 @dataclass
@@ -65,15 +50,10 @@ class Part:
     """A length-sorted slice of one request's pairs: the unit queued on `@serve.batch`."""
 
     request: int
-    pairs: list[np.ndarray]
-    padded_len: int
+    pairs: Pairs
     settings: BatchSettings
     arrived: float = field(default_factory=time.perf_counter)
     started: bool = False  # its batch has begun on the device (see BatchGate)
-
-    @property
-    def padded_tokens(self) -> int:
-        return self.padded_len * len(self.pairs)
 
 
 class BatchGate:
@@ -142,64 +122,27 @@ def _chain(task: asyncio.Future, waiter: asyncio.Future) -> None:
 
 
 def batch_size(parts: list[Part]) -> int:
-    """`batch_size_fn`: a batch's size in pairs, or more than the limit once its padded tokens
-    pass the token budget (so Serve closes it). A lone part always fits: `split_request`
-    already cut it under both budgets, except a single pair longer than the token budget."""
-    b = parts[0].settings.batching
+    """`batch_size_fn`: a batch's size in pairs (Serve closes it at `max_batch_size`). A lone
+    part always fits: `split_request` cut it to at most `max_batch_size` pairs already."""
     pairs = sum(len(p.pairs) for p in parts)
     if len(parts) == 1:
-        return min(pairs, b.max_batch_size)
-    if sum(p.padded_tokens for p in parts) > b.max_batch_tokens:
-        return b.max_batch_size + 1
+        return min(pairs, parts[0].settings.batching.max_batch_size)
     return pairs
 
 
 def split_request(
-    request: int, pairs: Sequence[np.ndarray], settings: BatchSettings
+    request: int, pairs: Pairs, settings: BatchSettings
 ) -> list[tuple[np.ndarray, Part]]:
-    """Cut one request's pairs into parts under the batch budgets, longest first, each with the
-    positions of its pairs in the request."""
-    b = settings.batching
-    cut = BatchingConfig(
-        max_batch_tokens=b.max_batch_tokens,
-        max_batch_pairs=b.max_batch_size,
-        pad_to_multiple_of=b.forward.pad_to_multiple_of,
-    )
-    lengths = np.fromiter((len(p) for p in pairs), dtype=np.int64, count=len(pairs))
+    """Cut one request's pairs into parts the way forward passes are cut (length-sorted, under
+    the token budget and `min_fill`) and at most `max_batch_size` pairs each, longest first,
+    each with the positions of its pairs in the request."""
+    forward = settings.forward
+    most = min(forward.max_batch_pairs, settings.batching.max_batch_size)
+    cut = forward.model_copy(update={"max_batch_pairs": most})
     return [
-        (idx, Part(request, [pairs[i] for i in idx], padded, settings))
-        for idx, padded in plan_batches(lengths, cut)
+        (idx, Part(request, pairs.take(idx), settings))
+        for idx, _ in plan_batches(pairs.lengths, cut)
     ]
-
-
-def check_pairs(ids: object, lengths: object, vocab_size: int, max_length: int) -> None:
-    """Refuse ids the model cannot embed, before they can join (and break) a shared batch."""
-    if not isinstance(ids, np.ndarray) or not isinstance(lengths, np.ndarray):
-        raise InvalidInputError("pairs must be numpy arrays (ids, lengths)")
-    if ids.ndim != 1 or lengths.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-        raise InvalidInputError("pairs must be a flat integer id array and a length array")
-    if len(lengths) == 0:
-        raise InvalidInputError("no pairs to score")
-    if int(lengths.min()) < 1 or int(lengths.max()) > max_length:
-        raise InvalidInputError(f"every pair needs 1 to {max_length} tokens")
-    if int(lengths.sum()) != len(ids):
-        raise InvalidInputError("the lengths do not add up to the number of ids")
-    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
-        raise InvalidInputError(f"token ids must lie in [0, {vocab_size})")
-
-
-def failure(exc: BaseException) -> ZeroShotError:
-    """A scoring failure as a typed error the ingress can answer without a stack trace."""
-    if isinstance(exc, ZeroShotError):
-        return exc
-    if type(exc).__name__ == "OutOfMemoryError":
-        return HTTPError(
-            "the model ran out of device memory on this batch; retry, or send fewer pairs",
-            ErrorType.OVERLOADED,
-            503,
-            {"Retry-After": "1"},
-        )
-    return HTTPError(f"scoring failed: {type(exc).__name__}: {exc}", ErrorType.INTERNAL, 500)
 
 
 @dataclass
@@ -239,34 +182,32 @@ class BatchRunner:
         self.executor = executor or ThreadPoolExecutor(1, thread_name_prefix="zeroshot-device")
         self.stats = BatchStats()
 
-    async def _score(self, pairs: list[np.ndarray]):
+    async def _score(self, groups: list[Pairs]):
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.scorer.score_with_stats, pairs)
+        return await loop.run_in_executor(self.executor, self.scorer.score_many, groups)
 
     async def run(self, parts: list[Part]) -> list[np.ndarray | ZeroShotError]:
         start = time.perf_counter()
         for part in parts:
             self.metrics.observe("zeroshot_queue_seconds", start - part.arrived)
-        pairs = [p for part in parts for p in part.pairs]
         try:
-            logits, stats = await self._score(pairs)
+            logits, stats = await self._score([part.pairs for part in parts])
         except Exception as exc:  # noqa: BLE001 - isolate below
             self.stats.failed_batches += 1
             if len(parts) == 1:
                 log.warning("scoring a batch of 1 part failed: %r", exc)
-                return [failure(exc)]
+                return [from_exception(exc)]
             log.warning("a batch of %d parts failed (%r); retrying each alone", len(parts), exc)
             return [await self._alone(part) for part in parts]
         self._record(parts, stats)
-        bounds = np.cumsum([0] + [len(part.pairs) for part in parts])
-        return [logits[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return logits
 
     async def _alone(self, part: Part) -> np.ndarray | ZeroShotError:
         try:
-            logits, stats = await self._score(part.pairs)
+            (logits,), stats = await self._score([part.pairs])
         except Exception as exc:  # noqa: BLE001 - this part's own error, returned in place
             log.warning("a request part of %d pairs failed alone: %r", len(part.pairs), exc)
-            return failure(exc)
+            return from_exception(exc)
         self._record([part], stats)
         return logits
 
@@ -295,73 +236,58 @@ class BatchRunner:
         m.inc("zeroshot_padded_tokens", stats.padded_tokens)
 
 
-@serve.deployment(
-    name=CLASSIFIER_NAME,
-    max_ongoing_requests=128,
-    max_queued_requests=256,
-    health_check_period_s=10,
-    health_check_timeout_s=60,
-    graceful_shutdown_timeout_s=30,
-)
+@serve.deployment(name=CLASSIFIER_NAME)
 class ZeroShotClassifier:
-    """Holds the model on the replica's device and scores NLI pairs in shared batches."""
+    """Holds the model on the replica's device and scores NLI pairs in shared batches. Every
+    Serve option comes from `AppConfig.deployment_options`, the batching from `user_config`."""
 
     def __init__(self, config: dict):
         import ray
 
-        from zeroshot.devices import dtype_name
-        from zeroshot.score import Scorer
-
         cfg = AppConfig.model_validate(config)
-        if cfg.torch_threads:
+        if cfg.classifier.torch_threads:
             import torch
 
-            torch.set_num_threads(cfg.torch_threads)
-        self.settings = BatchSettings(cfg.batching)
-        self.device = pick_device(
-            cfg.device, ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES")
-        )
-        self.scorer = Scorer.from_pretrained(
-            cfg.model, cfg.revision, self.device, cfg.dtype, cfg.batching.forward
-        )
-        model_config = self.scorer.model.config
-        self.vocab_size = int(model_config.vocab_size)
-        self.max_length = int(getattr(model_config, "max_position_embeddings", 0) or 1 << 20)
-        self.dtype = dtype_name(self.scorer.dtype)
+            torch.set_num_threads(cfg.classifier.torch_threads)
+        self.scorer = Scorer.from_config(cfg, ray.get_gpu_ids(), cfg.batching.forward)
+        self.settings = BatchSettings(cfg.batching, self.scorer.backend.device_type)
         self.runner = BatchRunner(self.scorer, classifier_metrics())
         self.gate = BatchGate(self.score_parts)
         self._requests = 0
-        self._warm_up(model_config)
+        self.reconfigure(cfg.batching.model_dump())
+        self._warm_up()
         log.info(
             "%s ready: model %s on %s (%s), %d torch threads",
             CLASSIFIER_NAME,
             cfg.model,
-            self.device,
-            self.dtype,
+            self.scorer.device,
+            self.scorer.dtype,
             _torch_threads(),
         )
 
-    def _warm_up(self, model_config) -> None:
-        bos = model_config.bos_token_id if model_config.bos_token_id is not None else 0
-        eos = model_config.eos_token_id if model_config.eos_token_id is not None else bos
-        self.scorer.score([np.asarray([bos, eos, eos, eos], dtype=np.int32)])
+    def _warm_up(self) -> None:
+        config = self.scorer.backend.config
+        bos = config.bos_token_id if config.bos_token_id is not None else 0
+        eos = config.eos_token_id if config.eos_token_id is not None else bos
+        self.scorer.score(Pairs.from_list([np.asarray([bos, eos, eos, eos], dtype=np.int32)]))
 
     def reconfigure(self, user_config: dict) -> None:
         """Apply a new batching user_config to the running replica (no restart)."""
         batching = ServeBatching.model_validate(user_config or {})
-        self.settings.batching = batching
+        self.settings.update(batching)
         self.score_parts.set_max_batch_size(batching.max_batch_size)
         self.score_parts.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
-        self.scorer.batching = batching.forward
+        self.scorer.batching = self.settings.forward
         log.info("batching: %s", batching.model_dump())
 
-    async def score(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """NLI logits `[n_pairs, num_labels]` (float32) of one request's pairs, in input order.
+    async def score(self, pairs: Pairs) -> np.ndarray:
+        """NLI logits `[len(pairs), num_labels]` (float32) of one request's pairs, in order.
 
-        Raises `InvalidInputError` for ids the model cannot take and an `HTTPError` when the
-        forward pass fails for this request."""
-        check_pairs(ids, lengths, self.vocab_size, self.max_length)
-        pairs = unpack_pairs(ids, lengths)
+        Raises `InvalidInputError` for ids the model cannot take and the engine's typed error
+        when the forward pass fails for this request."""
+        if not isinstance(pairs, Pairs):
+            raise InvalidInputError(f"expected Pairs, got {type(pairs).__name__}")
+        pairs.check(self.scorer.vocab_size, self.scorer.max_length)
         self._requests += 1
         parts = split_request(self._requests, pairs, self.settings)
         results = await asyncio.gather(*(self.gate.run(part) for _, part in parts))
@@ -372,7 +298,8 @@ class ZeroShotClassifier:
             out[idx] = result
         return out
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01, batch_size_fn=batch_size)
+    # The batch size and wait come from the config through `reconfigure`, not from here.
+    @serve.batch(batch_size_fn=batch_size)
     async def score_parts(self, parts: list[Part]) -> list[np.ndarray | ZeroShotError]:
         self.gate.started(parts)
         # Errors come back as values: raising here would fail every request of the batch.
@@ -380,14 +307,14 @@ class ZeroShotClassifier:
             return await self.runner.run(parts)
         except Exception as exc:  # noqa: BLE001 - last resort, still per part
             log.exception("batch runner failed")
-            return [failure(exc)] * len(parts)
+            return [from_exception(exc)] * len(parts)
 
     def info(self) -> dict:
         return {
-            "device": self.device,
-            "dtype": self.dtype,
+            "device": self.scorer.device,
+            "dtype": self.scorer.dtype,
             "num_labels": self.scorer.num_labels,
-            "max_length": self.max_length,
+            "max_length": self.scorer.max_length,
             "batching": self.settings.batching.model_dump(),
         }
 
@@ -400,7 +327,7 @@ class ZeroShotClassifier:
     async def check_health(self) -> None:
         """Touch the device with a tiny op (off the event loop); fail when the model is gone."""
         scorer = getattr(self, "scorer", None)
-        if scorer is None or getattr(scorer, "model", None) is None:
+        if scorer is None:
             raise RuntimeError("the model is not loaded")
         await asyncio.to_thread(scorer.check)
 

@@ -11,11 +11,25 @@ import signal
 import sys
 import time
 
-from zeroshot.cli import add_model_args
+from zeroshot.flags import MODEL_FLAGS, Flag, add_flags, values
+
+# Options that set a field of `serve.config.AppConfig` (default and help come from the field).
+APP_FLAGS = (
+    *MODEL_FLAGS,
+    Flag("classifier.num_gpus"),
+    Flag("classifier.max_replicas", name="replicas"),
+    Flag("ingress.max_replicas", name="ingress-replicas"),
+    Flag("classifier.torch_threads"),
+    Flag("batching.max_batch_size"),
+    Flag("batching.batch_wait_timeout_s"),
+    Flag("api_key_env"),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_args(parser, device_help="auto (the GPU Ray assigned, else CPU), cpu or cuda")
+    from serve.config import AppConfig
+
+    add_flags(parser, AppConfig, APP_FLAGS)
     parser.add_argument("--host", default="127.0.0.1", help="HTTP host (0.0.0.0: all interfaces)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port")
     parser.add_argument(
@@ -26,58 +40,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)"
     )
-    parser.add_argument(
-        "--num-gpus",
-        type=float,
-        default=None,
-        help="GPUs per classifier replica (default: 1 if the cluster has a GPU, else 0)",
-    )
-    parser.add_argument(
-        "--replicas", type=int, default=1, help="most classifier replicas (autoscaling)"
-    )
-    parser.add_argument("--max-batch-size", type=int, default=None, help="pairs per batch")
-    parser.add_argument(
-        "--batch-wait-timeout-s", type=float, default=None, help="batch fill wait (seconds)"
-    )
-    parser.add_argument(
-        "--api-key-env",
-        default=None,
-        help="environment variable holding an API key to require (default: no key)",
-    )
-    parser.add_argument(
-        "--torch-threads",
-        type=int,
-        default=None,
-        help="forward-pass threads of a CPU classifier (default: all cores when no GPU)",
-    )
     parser.add_argument("--name", default=None, help="Serve application name")
 
 
-def _config(args: argparse.Namespace):
-    from serve.config import AppConfig, ServeBatching
+def config_from_args(args: argparse.Namespace):
+    """The `AppConfig` the parsed options ask for."""
+    from serve.config import AppConfig
 
-    batching = ServeBatching().model_dump()
-    if args.max_batch_size is not None:
-        batching["max_batch_size"] = args.max_batch_size
-    if args.batch_wait_timeout_s is not None:
-        batching["batch_wait_timeout_s"] = args.batch_wait_timeout_s
-    return AppConfig(
-        model=args.model,
-        revision=args.revision,
-        device=args.device,
-        dtype=args.dtype,
-        batching=batching,
-        api_key_env=args.api_key_env,
-        num_gpus=args.num_gpus,
-        max_replicas=args.replicas,
-        torch_threads=args.torch_threads,
-    )
+    return AppConfig.model_validate(values(args))
 
 
 def main(args: argparse.Namespace) -> int:
     from serve.config import APP_NAME
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     name = args.name or APP_NAME
     if args.address is None:
         # Fail fast, before starting Ray, when the model cannot be found (offline, bad path).
@@ -94,11 +70,12 @@ def main(args: argparse.Namespace) -> int:
     if args.address is None:
         ray.init(num_cpus=args.num_cpus)
         started_ray = True
-        on_cpu = cfg.num_gpus == 0 or (cfg.num_gpus is None and cluster_gpus() == 0)
-        if cfg.torch_threads is None and on_cpu:
+        if cfg.classifier.torch_threads is None and not cfg.classifier_gpus(cluster_gpus()):
             # Local and CPU-only: the forward pass is the bottleneck, so it gets every core
             # rather than Ray's one thread per requested CPU.
-            cfg = cfg.model_copy(update={"torch_threads": args.num_cpus or os.cpu_count() or 1})
+            threads = args.num_cpus or os.cpu_count() or 1
+            classifier = cfg.classifier.model_copy(update={"torch_threads": threads})
+            cfg = cfg.model_copy(update={"classifier": classifier})
     else:
         ray.init(address=args.address)
 

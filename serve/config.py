@@ -1,9 +1,13 @@
 """Typed configuration of the Serve app: one object fed by the CLI, serve/config.yaml's `args`
-and the KubeRay `serveConfigV2` (which embeds the same YAML)."""
+and the KubeRay `serveConfigV2` (which embeds the same YAML). It also computes every Serve
+option of both deployments (`deployment_options`, as Ray Serve LLM's `get_serve_options`):
+no decorator and no config file carries a tuning value of its own.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -12,6 +16,9 @@ from zeroshot.config import BatchingConfig, Limits, ModelConfig
 APP_NAME = "zeroshot"
 INGRESS_NAME = "ZeroShotIngress"
 CLASSIFIER_NAME = "ZeroShotClassifier"
+
+# What a full queue answers (the API's overload shape: 503 + Retry-After).
+BACKPRESSURE = {"status_code": 503, "retry_after_s": 1}
 
 
 class ServeBatching(BaseModel):
@@ -22,17 +29,10 @@ class ServeBatching(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_batch_size: int = Field(
-        64,
+        128,
         ge=1,
         description="Most NLI pairs in one @serve.batch call, from any number of requests "
         "(the batch is sized in pairs, not in requests). 1 turns cross-request batching off.",
-    )
-    max_batch_tokens: int = Field(
-        16384,
-        ge=8,
-        description="Padded-token budget of one @serve.batch call: a batch closes before the "
-        "sum over its parts of (longest pair x pairs) would exceed it. A single pair longer "
-        "than the budget still runs, alone.",
     )
     batch_wait_timeout_s: float = Field(
         0.01,
@@ -43,25 +43,116 @@ class ServeBatching(BaseModel):
     forward: BatchingConfig = Field(
         default_factory=BatchingConfig,
         description="How one @serve.batch call is cut into forward passes: its pairs are sorted "
-        "by length and cut under this padded-token budget. On CPUs a smaller budget than the "
-        "batch's cuts padding; on GPUs the same budget means one forward per batch.",
+        "by length and cut under a padded-token budget (by default one that suits the device).",
+    )
+
+
+class ReplicaSettings(BaseModel):
+    """Replicas and resources of one deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas the autoscaler keeps.")
+    max_replicas: int = Field(1, ge=1, description="Most replicas the autoscaler may start.")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs each replica reserves.")
+    upscale_delay_s: float = Field(
+        10.0, ge=0, description="Load must stay above target this long before a replica is added."
+    )
+    downscale_delay_s: float = Field(
+        300.0, ge=0, description="Load must stay below target this long before one is removed."
+    )
+    health_check_period_s: float = Field(
+        10.0, gt=0, description="Seconds between Serve's health checks of a replica."
+    )
+    health_check_timeout_s: float = Field(
+        30.0, gt=0, description="A health check slower than this counts as failed."
+    )
+    graceful_shutdown_timeout_s: float = Field(
+        20.0, ge=0, description="How long a stopping replica may finish the requests it holds."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ReplicaSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+    def options(self, target_ongoing_requests: float) -> dict[str, Any]:
+        """The Serve options these settings decide."""
+        return {
+            "autoscaling_config": {
+                "min_replicas": self.min_replicas,
+                "max_replicas": self.max_replicas,
+                "target_ongoing_requests": target_ongoing_requests,
+                "upscale_delay_s": self.upscale_delay_s,
+                "downscale_delay_s": self.downscale_delay_s,
+            },
+            "health_check_period_s": self.health_check_period_s,
+            "health_check_timeout_s": self.health_check_timeout_s,
+            "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
+            "ray_actor_options": {"num_cpus": self.num_cpus},
+        }
+
+
+class IngressSettings(ReplicaSettings):
+    """The HTTP ingress (CPU: JSON, validation, tokenization, assembly)."""
+
+    max_replicas: int = Field(
+        2, ge=1, description="Most ingress replicas the autoscaler may start."
+    )
+    max_ongoing_requests: int = Field(
+        256,
+        ge=1,
+        description="Requests one ingress replica holds at once; it holds each while the "
+        "classifier scores it, hence many.",
+    )
+    max_queued_requests: int = Field(
+        1024, ge=-1, description="Requests queued for the ingress replicas (-1: unbounded)."
+    )
+    target_ongoing_requests: float = Field(
+        64, gt=0, description="Ongoing requests per replica the autoscaler aims for."
+    )
+
+
+class ClassifierSettings(ReplicaSettings):
+    """The classifier deployment (the model on a GPU, or a CPU)."""
+
+    max_replicas: int = Field(
+        1, ge=1, description="Most classifier replicas (a GPU each) the autoscaler may start."
+    )
+
+    num_gpus: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs per classifier replica (fractions share a GPU); None means 1 when the "
+        "Ray cluster has a GPU, else 0.",
+    )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Intra-op threads of a classifier replica on CPU; None keeps Ray's default "
+        "(OMP_NUM_THREADS = the replica's num_cpus).",
+    )
+    # A device op answers the health check; the first one on a busy GPU can be slow.
+    health_check_timeout_s: float = Field(
+        60.0, gt=0, description="A health check slower than this counts as failed."
+    )
+    graceful_shutdown_timeout_s: float = Field(
+        30.0, ge=0, description="How long a stopping replica may finish the batches it holds."
     )
 
 
 class AppConfig(ModelConfig):
     """Arguments of the Serve application (`serve.app:build_app`), as in serve/config.yaml.
 
-    Inherits model, revision, device and dtype from the engine's `ModelConfig`. Deployment
-    options (replicas, queues, actor resources) live in the Serve config file's `deployments`
-    section, which overrides the code defaults in `serve/app.py`."""
+    Inherits model, revision, device, dtype and backend from the engine's `ModelConfig`."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     limits: Limits = Field(default_factory=Limits, description="Per-request input limits.")
     batching: ServeBatching = Field(
         default_factory=ServeBatching,
-        description="Default classifier user_config; a Serve config file's user_config for "
-        f"{CLASSIFIER_NAME} replaces it.",
+        description="The classifier's user_config (retunable on a running app).",
     )
     max_body_bytes: int = Field(
         1 << 20,
@@ -79,23 +170,12 @@ class AppConfig(ModelConfig):
         description="Name of an environment variable (read on the ingress replicas) holding the "
         "API key; used when api_key is not set. An unset or empty variable means no key.",
     )
-    num_gpus: float | None = Field(
-        None,
-        ge=0,
-        description="GPUs per classifier replica (fractions allowed) when the Serve config file "
-        "does not set its ray_actor_options; None means 1 when the Ray cluster has a GPU, else 0.",
+    ingress: IngressSettings = Field(
+        default_factory=IngressSettings, description="Replicas and resources of the ingress."
     )
-    torch_threads: int | None = Field(
-        None,
-        ge=1,
-        description="Intra-op threads of a classifier replica on CPU; None keeps Ray's default "
-        "(OMP_NUM_THREADS = the replica's num_cpus).",
-    )
-    max_replicas: int = Field(
-        1,
-        ge=1,
-        description="Most classifier replicas the autoscaler may start, when the Serve config "
-        "file does not set its autoscaling_config.",
+    classifier: ClassifierSettings = Field(
+        default_factory=ClassifierSettings,
+        description="Replicas and resources of the classifier.",
     )
 
     @model_validator(mode="after")
@@ -112,7 +192,35 @@ class AppConfig(ModelConfig):
             return os.environ.get(self.api_key_env) or None
         return None
 
-    def model_settings(self) -> ModelConfig:
-        return ModelConfig(
-            model=self.model, revision=self.revision, device=self.device, dtype=self.dtype
+    def classifier_gpus(self, cluster_gpus: float) -> float:
+        if self.classifier.num_gpus is not None:
+            return self.classifier.num_gpus
+        return 1.0 if cluster_gpus >= 1 and self.backend == "torch" else 0.0
+
+    def deployment_options(self, cluster_gpus: float = 0.0) -> dict[str, dict[str, Any]]:
+        """Every Serve option of both deployments, by deployment name. `cluster_gpus`: the GPUs
+        of the Ray cluster the app is built on (decides `num_gpus: None`)."""
+        ingress = self.ingress
+        batch = self.batching.max_batch_size
+        classifier = self.classifier.options(
+            # About one batch per replica before the autoscaler adds one.
+            target_ongoing_requests=max(batch, 2)
         )
+        classifier["ray_actor_options"]["num_gpus"] = self.classifier_gpus(cluster_gpus)
+        return {
+            INGRESS_NAME: {
+                **ingress.options(ingress.target_ongoing_requests),
+                "max_ongoing_requests": ingress.max_ongoing_requests,
+                "max_queued_requests": ingress.max_queued_requests,
+                "backpressure_config": BACKPRESSURE,
+            },
+            CLASSIFIER_NAME: {
+                **classifier,
+                # Room for one batch running and the next one filling (a request has at least
+                # one pair), and a bounded queue in front of it.
+                "max_ongoing_requests": max(2 * batch, 8),
+                "max_queued_requests": max(4 * batch, 32),
+                "backpressure_config": BACKPRESSURE,
+                "user_config": self.batching.model_dump(),
+            },
+        }

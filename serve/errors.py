@@ -1,5 +1,9 @@
-"""The HTTP error shape: `{"error": {"type", "message"}}` with the status of the engine's
-`ErrorType`, for engine errors, HTTP-level errors and overload alike."""
+"""The one place where an error becomes an HTTP answer: `{"error": {"type", "message"}}` with
+the status of its `ErrorType` (the table below) and `Retry-After` when a retry may succeed.
+
+`to_error` turns anything a route can meet (engine errors, Ray and Serve failures, Starlette's
+routing errors) into a `ZeroShotError`; `error_response` answers it.
+"""
 
 from __future__ import annotations
 
@@ -7,69 +11,104 @@ import math
 
 from starlette.responses import JSONResponse
 
-from zeroshot.errors import ErrorType, ZeroShotError
+from zeroshot.errors import (
+    BadRequestError,
+    ErrorType,
+    InternalError,
+    InvalidInputError,
+    MethodNotAllowedError,
+    ModelUnavailableError,
+    NotFoundError,
+    OverloadedError,
+    TooManyRequestsError,
+    UnauthorizedError,
+    ZeroShotError,
+    from_exception,
+)
 
-# Statuses Starlette raises itself (routing, methods), mapped onto the taxonomy's names.
-_HTTP_TYPES = {
-    400: ErrorType.INVALID_JSON.value,
-    401: ErrorType.UNAUTHORIZED.value,
-    404: ErrorType.NOT_FOUND.value,
-    405: "method_not_allowed",
-    413: ErrorType.BODY_TOO_LARGE.value,
-    422: ErrorType.VALIDATION.value,
-    429: ErrorType.OVERLOADED.value,
-    503: ErrorType.OVERLOADED.value,
+STATUS: dict[ErrorType, int] = {
+    ErrorType.BAD_REQUEST: 400,
+    ErrorType.INVALID_JSON: 400,
+    ErrorType.VALIDATION: 422,
+    ErrorType.NO_LABELS: 422,
+    ErrorType.INVALID_LABELS: 422,
+    ErrorType.NO_TEXT: 422,
+    ErrorType.INVALID_TEXT: 422,
+    ErrorType.INVALID_TEMPLATE: 422,
+    ErrorType.HYPOTHESIS_TOO_LONG: 422,
+    ErrorType.TOO_MANY_LABELS: 413,
+    ErrorType.TOO_MANY_SEQUENCES: 413,
+    ErrorType.TEXT_TOO_LONG: 413,
+    ErrorType.BODY_TOO_LARGE: 413,
+    ErrorType.UNAUTHORIZED: 401,
+    ErrorType.NOT_FOUND: 404,
+    ErrorType.METHOD_NOT_ALLOWED: 405,
+    ErrorType.TOO_MANY_REQUESTS: 429,
+    ErrorType.OVERLOADED: 503,
+    ErrorType.DEVICE_OUT_OF_MEMORY: 503,
+    ErrorType.MODEL_UNAVAILABLE: 503,
+    ErrorType.SHUTTING_DOWN: 503,
+    ErrorType.DEADLINE_EXCEEDED: 503,
+    ErrorType.INTERNAL: 500,
+}
+
+# Starlette's own HTTP errors (routing, methods) by status; other 4xx are a bad request.
+_STARLETTE = {
+    401: UnauthorizedError,
+    404: NotFoundError,
+    405: MethodNotAllowedError,
+    429: TooManyRequestsError,
+    503: OverloadedError,
 }
 
 
-class HTTPError(ZeroShotError):
-    """An error raised by the HTTP layer itself, with its own status and type."""
-
-    def __init__(
-        self,
-        message: str,
-        error_type: ErrorType | str = ErrorType.VALIDATION,
-        status: int | None = None,
-        headers: dict[str, str] | None = None,
-    ):
-        super().__init__(message)
-        self.error_type = error_type
-        self.status = status if status is not None else ErrorType(error_type).status
-        self.headers = headers or {}
-
-    def to_dict(self) -> dict[str, str]:
-        t = self.error_type
-        return {"type": t.value if isinstance(t, ErrorType) else t, "message": self.message}
-
-    def __reduce__(self):
-        return (self.__class__, (self.message, self.error_type, self.status, self.headers))
+def http_status(error_type: ErrorType) -> int:
+    return STATUS[error_type]
 
 
-def error_body(error_type: str, message: str) -> dict:
-    return {"error": {"type": error_type, "message": message}}
+def to_error(exc: BaseException) -> ZeroShotError:
+    """Anything a route can meet as a typed error (never raises)."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
 
+    if isinstance(exc, ZeroShotError):
+        return exc
+    if isinstance(exc, HTTPException):
+        cls = _STARLETTE.get(exc.status_code)
+        if cls is None:
+            cls = BadRequestError if exc.status_code < 500 else InternalError
+        return cls(str(exc.detail))
+    if isinstance(exc, RequestValidationError):
+        return InvalidInputError(f"invalid request: {exc.errors()[:3]}")
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-def error_response(exc: ZeroShotError) -> JSONResponse:
-    if isinstance(exc, HTTPError):
-        return JSONResponse(
-            {"error": exc.to_dict()}, status_code=exc.status, headers=exc.headers or None
+    if isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None:
+        return to_error(exc.cause)
+    if isinstance(exc, BackPressureError):
+        cls = TooManyRequestsError if exc.status_code == 429 else OverloadedError
+        return cls(
+            "the service is at capacity; retry after the Retry-After delay",
+            retry_after_s=exc.retry_after_s,
         )
-    return JSONResponse({"error": exc.to_dict()}, status_code=exc.type.status)
+    if isinstance(
+        exc, (DeploymentUnavailableError, RayActorError, ActorDiedError, ActorUnavailableError)
+    ):
+        return ModelUnavailableError("the model is not available now; retry shortly")
+    return from_exception(exc)
 
 
-def http_error_response(status: int, detail: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(
-        error_body(_HTTP_TYPES.get(status, "http_error"), detail),
-        status_code=status,
-        headers=headers,
-    )
+def error_body(exc: ZeroShotError) -> dict:
+    return {"error": exc.to_dict()}
 
 
-def overloaded_response(status: int, retry_after_s: float | None, message: str) -> JSONResponse:
-    """429/503 with Retry-After (whole seconds, rounded up, as Serve's own proxy does)."""
-    headers = None
-    if retry_after_s is not None:
-        headers = {"Retry-After": str(max(0, math.ceil(retry_after_s)))}
-    return JSONResponse(
-        error_body(ErrorType.OVERLOADED.value, message), status_code=status, headers=headers
-    )
+def error_response(exc: BaseException) -> JSONResponse:
+    """The JSON answer for any error: status from `STATUS`, Retry-After in whole seconds
+    (rounded up, as Serve's own proxy does) when the error says a retry may succeed."""
+    error = to_error(exc)
+    headers = {}
+    if error.retry_after_s is not None:
+        headers["Retry-After"] = str(max(0, math.ceil(error.retry_after_s)))
+    if error.type is ErrorType.UNAUTHORIZED:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(error_body(error), status_code=STATUS[error.type], headers=headers or None)

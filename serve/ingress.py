@@ -24,13 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from serve.config import INGRESS_NAME, AppConfig
-from serve.errors import (
-    HTTPError,
-    error_body,
-    error_response,
-    http_error_response,
-    overloaded_response,
-)
+from serve.errors import error_response, to_error
 from serve.metrics import Metrics, ingress_metrics
 from serve.schemas import (
     ClassifyRequest,
@@ -40,16 +34,15 @@ from serve.schemas import (
     LabelScore,
     parse,
 )
-from serve.wire import pack_pairs
 from zeroshot.config import DEFAULT_TEMPLATE
-from zeroshot.errors import ErrorType, ZeroShotError
+from zeroshot.errors import BodyTooLargeError, ErrorType, InvalidJSONError, UnauthorizedError
 
 log = logging.getLogger("ray.serve")
 
 OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 
-# (ids, lengths) -> logits; the deployment passes its handle, unit tests a local function.
-ScoreFn = Callable[[Any, Any], Awaitable[Any]]
+# Pairs -> logits; the deployment passes its handle, unit tests a local function.
+ScoreFn = Callable[[Any], Awaitable[Any]]
 InfoFn = Callable[[], Awaitable[dict]]
 
 
@@ -64,26 +57,22 @@ async def read_json(request: Request, limit: int) -> object:
     """The decoded body, refusing more than `limit` bytes before reading them all."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise HTTPError(
-            f"the body has {declared} bytes; the limit is {limit}", ErrorType.BODY_TOO_LARGE
-        )
+        raise BodyTooLargeError(f"the body has {declared} bytes; the limit is {limit}")
     body = bytearray()
     try:
         async for chunk in request.stream():
             body += chunk
             if len(body) > limit:
-                raise HTTPError(
-                    f"the body exceeds the limit of {limit} bytes", ErrorType.BODY_TOO_LARGE
-                )
+                raise BodyTooLargeError(f"the body exceeds the limit of {limit} bytes")
     except ClientDisconnect:
         # Nobody will read the answer; no stack trace for it either.
-        raise HTTPError("the client went away while sending", ErrorType.INVALID_JSON) from None
+        raise InvalidJSONError("the client went away while sending") from None
     if not body.strip():
-        raise HTTPError("the body is empty; send a JSON object", ErrorType.INVALID_JSON)
+        raise InvalidJSONError("the body is empty; send a JSON object")
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:
-        raise HTTPError(f"the body is not valid JSON: {exc}", ErrorType.INVALID_JSON) from None
+        raise InvalidJSONError(f"the body is not valid JSON: {exc}") from None
 
 
 class ApiKeyMiddleware:
@@ -105,13 +94,8 @@ class ApiKeyMiddleware:
                 break
         if given and hmac.compare_digest(given, self.key):
             return await self.app(scope, receive, send)
-        response = JSONResponse(
-            error_body(
-                ErrorType.UNAUTHORIZED.value,
-                "missing or wrong API key: send 'Authorization: Bearer <key>'",
-            ),
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
+        response = error_response(
+            UnauthorizedError("missing or wrong API key: send 'Authorization: Bearer <key>'")
         )
         await response(scope, receive, send)
 
@@ -146,10 +130,9 @@ class Service:
         # Tokenizing a few hundred long texts takes long enough to stall other requests.
         encoded = await asyncio.to_thread(self.frontend.encode, request)
         t1 = time.perf_counter()
-        ids, lengths = pack_pairs(encoded.pairs)
-        logits = await self.score(ids, lengths)
+        logits = await self.score(encoded.pairs)
         t2 = time.perf_counter()
-        results = self.frontend.assemble(encoded, logits)
+        results = self.frontend.assemble(request, logits)
         t3 = time.perf_counter()
         self.metrics.observe("zeroshot_encode_seconds", t1 - t0)
         self.metrics.observe("zeroshot_assemble_seconds", t3 - t2)
@@ -192,43 +175,22 @@ class Service:
 
     def failed(self, exc: BaseException) -> JSONResponse:
         """Any failure of a classification as its JSON error response (never a stack trace)."""
-        from ray.exceptions import RayActorError, RayTaskError
-        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-
-        if isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None:
-            exc = exc.cause
-        if isinstance(exc, BackPressureError):
-            response = overloaded_response(
-                exc.status_code,
-                exc.retry_after_s if exc.retry_after_s is not None else 1,
-                "the service is at capacity; retry after the Retry-After delay",
-            )
-        elif isinstance(exc, ZeroShotError):
-            response = error_response(exc)
-        elif isinstance(exc, (DeploymentUnavailableError, RayActorError)):
-            response = JSONResponse(
-                error_body(ErrorType.MODEL_UNAVAILABLE.value, "the model is not available now"),
-                status_code=503,
-                headers={"Retry-After": "5"},
-            )
-        else:
-            log.exception("unexpected failure request_id=%s", _request_id(), exc_info=exc)
-            response = JSONResponse(
-                error_body(ErrorType.INTERNAL.value, f"internal error: {type(exc).__name__}"),
-                status_code=500,
-            )
-        body = json.loads(response.body)
+        error = to_error(exc)
+        response = error_response(error)
         self.metrics.inc(
             "zeroshot_request_errors",
-            tags={"type": body["error"]["type"], "status": str(response.status_code)},
+            tags={"type": error.type.value, "status": str(response.status_code)},
         )
-        if response.status_code < 500:
-            log.info(
+        if error.type is ErrorType.INTERNAL:
+            log.error("unexpected failure request_id=%s", _request_id(), exc_info=exc)
+        else:
+            log.log(
+                logging.INFO if response.status_code < 500 else logging.WARNING,
                 "refused request_id=%s status=%d type=%s: %s",
                 _request_id(),
                 response.status_code,
-                body["error"]["type"],
-                body["error"]["message"][:200],
+                error.type.value,
+                error.message[:200],
             )
         return response
 
@@ -324,12 +286,9 @@ def create_api(service: Service) -> FastAPI:
         return {"status": "ok"}
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_exception(_: Request, exc: StarletteHTTPException):
-        return http_error_response(exc.status_code, str(exc.detail), exc.headers)
-
     @app.exception_handler(RequestValidationError)
-    async def validation_exception(_: Request, exc: RequestValidationError):
-        return http_error_response(422, f"invalid request: {exc.errors()[:3]}")
+    async def routing_error(_: Request, exc: Exception):
+        return error_response(exc)
 
     original_openapi = app.openapi
 
@@ -351,12 +310,8 @@ def create_api(service: Service) -> FastAPI:
     return app
 
 
-@serve.deployment(
-    name=INGRESS_NAME,
-    max_ongoing_requests=256,
-    max_queued_requests=1024,
-    ray_actor_options={"num_cpus": 0.5},
-)
+# Every Serve option comes from `AppConfig.deployment_options`.
+@serve.deployment(name=INGRESS_NAME)
 @serve.ingress()
 class ZeroShotIngress:
     """HTTP ingress replica: holds a `Frontend` and a handle to the classifier deployment."""
@@ -371,8 +326,8 @@ class ZeroShotIngress:
         )
         self.service = Service(self.config, frontend, self._score, self._info, ingress_metrics())
 
-    async def _score(self, ids, lengths):
-        return await self.classifier.score.remote(ids, lengths)
+    async def _score(self, pairs):
+        return await self.classifier.score.remote(pairs)
 
     async def _info(self) -> dict:
         return await self.classifier.info.remote()

@@ -11,8 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
-from serve.errors import HTTPError
-from zeroshot.errors import ErrorType
+from zeroshot.errors import InvalidInputError
 
 Labels = StrictStr | list[Any] | None
 
@@ -67,7 +66,7 @@ class LabelScore(BaseModel):
     score: float
 
 
-class ClassificationResult(BaseModel):
+class SequenceResult(BaseModel):
     sequence: str
     labels: list[str]
     scores: list[float]
@@ -80,7 +79,7 @@ class Usage(BaseModel):
 
 class ClassifyResponse(BaseModel):
     model: str
-    results: list[ClassificationResult]
+    results: list[SequenceResult]
     usage: Usage
 
 
@@ -96,9 +95,7 @@ class ErrorResponse(BaseModel):
 def parse(model: type[BaseModel], payload: object) -> Any:
     """Validate a decoded JSON body; any structural problem is one 422 validation_error."""
     if not isinstance(payload, dict):
-        raise HTTPError(
-            f"the body must be a JSON object, got {type(payload).__name__}", ErrorType.VALIDATION
-        )
+        raise InvalidInputError(f"the body must be a JSON object, got {type(payload).__name__}")
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
@@ -111,4 +108,4 @@ def parse(model: type[BaseModel], payload: object) -> Any:
                 problems.append(f"'{where}': {err['msg']}")
         more = exc.error_count() - len(problems)
         suffix = f" (and {more} more)" if more > 0 else ""
-        raise HTTPError("invalid request: " + "; ".join(problems) + suffix) from None
+        raise InvalidInputError("invalid request: " + "; ".join(problems) + suffix) from None

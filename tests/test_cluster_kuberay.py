@@ -154,8 +154,8 @@ def test_serve_config_v2_valid_for_ray_serve_and_the_app():
     schema = ServeDeploySchema.model_validate(config)
     (app,) = schema.applications
     assert app.import_path == "serve.app:build_app"
-    assert {d.name for d in app.deployments} == {render.INGRESS, render.CLASSIFIER}
-    AppConfig.model_validate(config["applications"][0].get("args") or {})
+    cfg = AppConfig.model_validate(config["applications"][0].get("args") or {})
+    assert set(cfg.deployment_options(1)) == {render.INGRESS, render.CLASSIFIER}
     # proxies reachable from the Kubernetes Service: all interfaces, port 8000
     http = config.get("http_options") or {}
     assert http.get("host", "0.0.0.0") == "0.0.0.0"
@@ -229,36 +229,29 @@ def test_rayjob_runs_score_on_object_store_within_gpu_group():
     assert spec["shutdownAfterJobFinishes"] is True
     assert spec["ttlSecondsAfterFinished"] > 0
     assert spec["backoffLimit"] >= 1
-    opts = render.parse_score_entrypoint(spec["entrypoint"])
-    assert opts["_input"].startswith("s3://") and opts["_output"].startswith("s3://")
+    job = render.parse_score_entrypoint(spec["entrypoint"])
+    assert job.input.startswith("s3://") and job.output.startswith("s3://")
     # a retry resumes (rows keyed by id) rather than starting over
-    assert opts["labels"] and opts["id-column"] and "overwrite" not in opts
+    assert job.labels and job.id_column and not job.overwrite
+    assert job == render.Settings().job  # the entrypoint is the job, written and read back
     (gpu,) = render.gpu_groups(spec["rayClusterSpec"])
     per_pod = render.group_capacity(gpu)[1]
-    per_actor = float(opts["gpus-per-actor"])
-    assert per_actor <= per_pod
-    assert int(opts["num-actors"]) * per_actor <= gpu["maxReplicas"] * per_pod
+    assert job.gpus_per_actor <= per_pod
+    assert job.num_actors * job.gpus_per_actor <= gpu["maxReplicas"] * per_pod
     assert spec["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
 
 
 def test_rayjob_entrypoint_parses_with_the_score_cli():
-    """The entrypoint's flags are ones `zeroshot score` accepts (once pipelines/ has landed)."""
-    import argparse
+    """The entrypoint's flags are ones `zeroshot score` accepts, and mean the job rendered."""
     import shlex
 
-    from pipelines import cli as score_cli
+    from pipelines.cli import config_from_args
+    from zeroshot.cli import build_parser
 
-    argv = shlex.split(load("rayjob.yaml")["spec"]["entrypoint"])[2:]
-    probe = argparse.ArgumentParser()
-    score_cli.add_arguments(probe)
-    known, _ = probe.parse_known_args(argv)
-    if not hasattr(known, "labels"):
-        pytest.skip("pipelines/ has not landed: `zeroshot score` is still a placeholder")
-    parser = argparse.ArgumentParser(exit_on_error=False)
-    score_cli.add_arguments(parser)
-    args = parser.parse_args(argv)
-    assert args.num_actors == 4
-    assert float(args.gpus_per_actor) == 1.0
+    argv = shlex.split(load("rayjob.yaml")["spec"]["entrypoint"])[1:]
+    job = config_from_args(build_parser("score").parse_args(argv))
+    assert job.num_actors == 4 and job.gpus_per_actor == 1.0
+    assert job.batching.max_batch_tokens == 32768
 
 
 def test_every_manifest_uses_one_image_and_non_root():

@@ -81,10 +81,12 @@ def test_worker_counts_consistent(config):
 
 @pytest.mark.skipif(not SERVE_CONFIG.exists(), reason="serve/config.yaml does not exist yet")
 def test_gpu_workers_hold_the_serve_config(config):
+    from serve.config import CLASSIFIER_NAME, AppConfig
+
     serve = yaml.safe_load(SERVE_CONFIG.read_text())
     (app,) = serve["applications"]
-    deps = {d["name"]: d for d in app["deployments"]}
-    clf = deps["ZeroShotClassifier"]
+    options = AppConfig.model_validate(app["args"]).deployment_options(cluster_gpus=1)
+    clf = options[CLASSIFIER_NAME]
     opts = clf.get("ray_actor_options") or {}
     gpus_per_replica = float(opts.get("num_gpus", 0))
     cpus_per_replica = float(opts.get("num_cpus", 1))

@@ -43,20 +43,13 @@ EXAMPLE_SERVE_CONFIG = {
             "name": "zeroshot",
             "route_prefix": "/",
             "import_path": "serve.app:build_app",
-            "args": {"model": "valhalla/distilbart-mnli-12-1", "revision": "abc", "device": "auto"},
-            "deployments": [
-                {
-                    "name": "ZeroShotIngress",
-                    "autoscaling_config": {"min_replicas": 1, "max_replicas": 4},
-                    "ray_actor_options": {"num_cpus": 1},
-                },
-                {
-                    "name": "ZeroShotClassifier",
-                    "autoscaling_config": {"min_replicas": 2, "max_replicas": 8},
-                    "ray_actor_options": {"num_cpus": 2, "num_gpus": 1},
-                    "user_config": {"max_batch_size": 128, "max_batch_tokens": 32768},
-                },
-            ],
+            "args": {
+                "model": "valhalla/distilbart-mnli-12-1",
+                "revision": "abc",
+                "device": "auto",
+                "classifier": {"num_gpus": 1, "min_replicas": 2, "max_replicas": 8},
+                "ingress": {"max_replicas": 4},
+            },
         }
     ],
 }
@@ -114,12 +107,12 @@ def test_local_serve_config_adapts_the_deploy_config():
     assert app["args"]["model"] == "/models/tiny"
     assert "revision" not in app["args"]  # a local path has no hub revision
     assert (app["args"]["device"], app["args"]["dtype"]) == ("cpu", "float32")
-    deps = {d["name"]: d for d in app["deployments"]}
-    clf = deps["ZeroShotClassifier"]
-    assert clf["ray_actor_options"]["num_gpus"] == 1.0
-    assert clf["autoscaling_config"] == {"min_replicas": 2, "max_replicas": 2}
-    assert clf["user_config"]["max_batch_tokens"] == 32768
-    assert deps["ZeroShotIngress"]["autoscaling_config"]["max_replicas"] == 2
+    assert "deployments" not in app  # every option goes through AppConfig (the args)
+    assert app["args"]["classifier"] == {"num_gpus": 1.0, "min_replicas": 2, "max_replicas": 2}
+    assert app["args"]["ingress"] == {"max_replicas": 2}
+    batched = localctl.local_serve_config(EXAMPLE_SERVE_CONFIG, port=1, max_batch_tokens=512)
+    forward = batched["applications"][0]["args"]["batching"]["forward"]
+    assert forward == {"max_batch_tokens": 512}
     # the input is not modified
     assert EXAMPLE_SERVE_CONFIG["http_options"]["port"] == 8000
 

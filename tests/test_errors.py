@@ -1,11 +1,16 @@
-"""Every bad input raises its typed error, with a status code and a readable message."""
+"""Every bad input raises its typed error with a readable message; one table gives each error
+type its HTTP status."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from serve.errors import STATUS, error_response
 from zeroshot import ClassificationRequest, Limits, ZeroShotClassifier
 from zeroshot.errors import (
+    DeviceOutOfMemoryError,
     ErrorType,
     HypothesisTooLongError,
     InvalidInputError,
@@ -14,10 +19,12 @@ from zeroshot.errors import (
     ModelLoadError,
     NoLabelsError,
     NoTextError,
+    OverloadedError,
     TextTooLongError,
     TooManyLabelsError,
     TooManySequencesError,
     ZeroShotError,
+    from_exception,
 )
 
 
@@ -58,18 +65,37 @@ def test_bad_input_raises_typed_error(clf, sequences, labels, template, error):
         clf(sequences, labels, template)
     exc = info.value
     assert isinstance(exc, InvalidInputError) and isinstance(exc, ValueError)
-    assert exc.message and 400 <= exc.type.status < 500
+    assert exc.message and 400 <= STATUS[exc.type] < 500 and exc.retry_after_s is None
     assert exc.to_dict() == {"type": exc.type.value, "message": exc.message}
 
 
 def test_error_types_map_to_documented_codes():
-    assert ErrorType.INVALID_JSON.status == 400
-    assert ErrorType.NO_LABELS.status == 422
-    assert ErrorType.TOO_MANY_LABELS.status == 413
-    assert ErrorType.BODY_TOO_LARGE.status == 413
-    assert ErrorType.UNAUTHORIZED.status == 401
-    assert ErrorType.OVERLOADED.status in (429, 503)
-    assert all(t.status for t in ErrorType)
+    assert STATUS[ErrorType.INVALID_JSON] == 400
+    assert STATUS[ErrorType.NO_LABELS] == 422
+    assert STATUS[ErrorType.TOO_MANY_LABELS] == 413
+    assert STATUS[ErrorType.BODY_TOO_LARGE] == 413
+    assert STATUS[ErrorType.UNAUTHORIZED] == 401
+    assert STATUS[ErrorType.METHOD_NOT_ALLOWED] == 405
+    assert STATUS[ErrorType.OVERLOADED] == 503 and STATUS[ErrorType.TOO_MANY_REQUESTS] == 429
+    assert set(STATUS) == set(ErrorType)  # one table, every type
+    # a retry helps exactly for the 429/503 kinds, and the answer says when
+    for t in ErrorType:
+        assert (t.retry_after_s is not None) == (STATUS[t] in (429, 503)), t
+
+
+def test_every_failure_becomes_one_typed_answer():
+    oom = type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory")
+    for exc, status, type_, retry in [
+        (TooManyLabelsError("too many"), 413, "too_many_labels", None),
+        (oom, 503, "device_out_of_memory", "1"),
+        (KeyError("boom"), 500, "internal_error", None),
+        (OverloadedError("busy", retry_after_s=2.5), 503, "overloaded", "3"),
+    ]:
+        response = error_response(exc)
+        assert response.status_code == status
+        assert json.loads(response.body)["error"]["type"] == type_
+        assert response.headers.get("retry-after") == retry
+    assert isinstance(from_exception(oom), DeviceOutOfMemoryError)
 
 
 def test_errors_survive_pickling():
@@ -77,6 +103,8 @@ def test_errors_survive_pickling():
 
     exc = pickle.loads(pickle.dumps(TooManyLabelsError("too many")))
     assert isinstance(exc, TooManyLabelsError) and exc.message == "too many"
+    busy = pickle.loads(pickle.dumps(OverloadedError("busy", retry_after_s=7)))
+    assert isinstance(busy, OverloadedError) and busy.retry_after_s == 7
 
 
 def test_template_check_matches_pipeline_rule():

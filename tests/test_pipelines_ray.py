@@ -20,7 +20,6 @@ from reference import assert_same_result
 
 from pipelines import JobConfig, run_job
 from pipelines.files import inspect_output
-from pipelines.stages import DELAY_ENV
 
 pytestmark = pytest.mark.ray
 
@@ -50,7 +49,7 @@ def read_output(path) -> list[dict]:
 
 def job(tmp, **kw) -> JobConfig:
     args = dict(labels=LABELS, batch_size=8, rows_per_file=None, show_progress=False)
-    args["model"] = {"model": kw.pop("model"), "dtype": "float32"}
+    args["dtype"] = "float32"
     args.update(kw)
     return JobConfig(**args)
 
@@ -163,14 +162,15 @@ def test_hive_tree_of_small_files_with_id_and_kept_columns(
 
 def test_interrupted_run_is_finished_by_a_rerun(tmp_path, tiny_model, reference_pipeline):
     """Kill a real `zeroshot score` run mid-way (its own local Ray), leave a file cut off
-    mid-write, re-run: every row exactly once. Then --overwrite starts afresh."""
+    mid-write, re-run: every row exactly once. Then --overwrite starts afresh. The null
+    backend, as slow as a 100-pairs/s device, makes the run long enough to interrupt."""
     src = tmp_path / "in.parquet"
     n = 160
     texts = [TEXTS[i % len(TEXTS)] + f" #{i}" for i in range(n)]
     pq.write_table(pa.table({"text": texts, "i": range(n)}), src)
     out = tmp_path / "out"
 
-    env = dict(os.environ, **{DELAY_ENV: "0.3"})
+    env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
         [
@@ -184,8 +184,10 @@ def test_interrupted_run_is_finished_by_a_rerun(tmp_path, tiny_model, reference_
             ",".join(LABELS),
             "--model",
             tiny_model,
-            "--dtype",
-            "float32",
+            "--backend",
+            "null",
+            "--null-pairs-per-s",
+            "100",
             "--batch-size",
             "8",
             "--rows-per-file",
@@ -216,7 +218,13 @@ def test_interrupted_run_is_finished_by_a_rerun(tmp_path, tiny_model, reference_
     (out / "cut-off.parquet").write_bytes(whole[: len(whole) // 2])
 
     cfg = job(
-        tmp_path, input=str(src), output=str(out), model=tiny_model, batch_size=32, rows_per_file=8
+        tmp_path,
+        input=str(src),
+        output=str(out),
+        model=tiny_model,
+        backend="null",
+        batch_size=32,
+        rows_per_file=8,
     )
     summary = run_job(cfg)
     assert summary.ok and summary.rows_out == n
@@ -226,11 +234,14 @@ def test_interrupted_run_is_finished_by_a_rerun(tmp_path, tiny_model, reference_
     rows = read_output(out)
     assert sorted(r["i"] for r in rows) == list(range(n))
     assert len({r["row_hash"] for r in rows}) == n
-    assert check_scores(rows[:20], reference_pipeline, lambda r: r["text"]) == 20
+    # the null backend's fixed logits: every label equally likely, in every row
+    assert all(r["scores"] == [pytest.approx(1 / 3)] * 3 for r in rows)
 
-    again = run_job(cfg.model_copy(update={"overwrite": True}))
+    again = run_job(cfg.model_copy(update={"overwrite": True, "backend": "torch"}))
     assert again.ok and again.rows_before == 0 and again.rows_written == n
-    assert len(read_output(out)) == n
+    rows = read_output(out)
+    assert len(rows) == n
+    assert check_scores(rows[:20], reference_pipeline, lambda r: r["text"]) == 20
 
 
 def test_asking_for_gpus_a_local_ray_lacks_is_a_clear_error(tmp_path, tiny_model):

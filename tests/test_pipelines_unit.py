@@ -17,7 +17,7 @@ from pipelines.config import JobConfig
 from pipelines.errors import JobInputError
 from pipelines.files import _glob_match, done_mask, id_keys, inspect_output, resolve_input, unify
 from pipelines.job import prepare
-from pipelines.stages import PAIRS, StageSpec, assemble, encode, pick_device
+from pipelines.stages import PAIRS, StageSpec, assemble, encode
 from zeroshot.config import Limits
 from zeroshot.errors import ErrorType, ZeroShotError
 
@@ -101,13 +101,6 @@ def test_done_mask_matches_ids_of_any_type():
     assert done_mask(strings.dictionary_encode(), done).tolist() == [False, True, False]
 
 
-def test_pick_device():
-    assert pick_device("auto", ["0"], True) == "cuda"
-    assert pick_device("auto", ["0"], False) == "cpu"  # a node that declares GPUs it lacks
-    assert pick_device("auto", [], True) == "cpu"  # GPUs on the node, none given to the actor
-    assert pick_device("cpu", ["0"], True) == "cpu"
-
-
 def spec_for(model: str, **kw) -> StageSpec:
     args = dict(
         model=model,
@@ -128,6 +121,7 @@ def spec_for(model: str, **kw) -> StageSpec:
 def test_stages_without_ray_match_the_pipeline(tiny_model, reference_pipeline, multi_label):
     from zeroshot.assemble import NliLabels
     from zeroshot.loading import load_config
+    from zeroshot.pairs import Pairs
     from zeroshot.score import Scorer
 
     texts = ["The team won the match", None, "", "x" * 201, "Élections à Zürich 🙂 today", "ok"]
@@ -139,7 +133,7 @@ def test_stages_without_ray_match_the_pipeline(tiny_model, reference_pipeline, m
     # What the Score actor does, minus Ray.
     pairs = [np.asarray(p, np.int32) for row in encoded[PAIRS].to_pylist() for p in row]
     scorer = Scorer.from_pretrained(tiny_model, device="cpu", dtype="float32")
-    logits, _ = scorer.score_with_stats(pairs)
+    logits, _ = scorer.score(Pairs.from_list(pairs))
     counts = [len(r) for r in encoded[PAIRS].to_pylist()]
     bounds = np.cumsum([0] + counts)
     rows = [logits[a:b].reshape(-1).tolist() for a, b in zip(bounds[:-1], bounds[1:])]
@@ -170,7 +164,7 @@ def small_input(tmp_path):
 
 def config(tmp_path, model, **kw) -> JobConfig:
     args = dict(input=str(tmp_path / "in"), output=str(tmp_path / "out"), labels="a, b")
-    args["model"] = {"model": model, "dtype": "float32"}
+    args.update(model=model, dtype="float32")
     args.update(kw)
     return JobConfig(**args)
 

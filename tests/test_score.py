@@ -1,4 +1,5 @@
-"""`score`: token-budgeted batches, device and dtype choice, logits in input order."""
+"""`score`: token-budgeted batches, the one device rule, dtype choice, logits in input order,
+the null backend."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from zeroshot import BatchingConfig, Scorer
+from zeroshot import BatchingConfig, ModelConfig, Scorer
 from zeroshot.devices import cpu_has_native_bf16, resolve_device, resolve_dtype
-from zeroshot.score import plan_batches
+from zeroshot.errors import InvalidInputError
+from zeroshot.pairs import Pairs
+from zeroshot.score import pad_batch, plan_batches
 
 
 def test_plan_batches_respects_the_padded_token_budget():
@@ -50,8 +53,8 @@ def test_scores_keep_input_order_across_batches(tiny_model):
         np.concatenate(([0], rng.integers(5, 500, n), [2, 2, 7, 8, 2])).astype(np.int32)
         for n in (3, 40, 1, 17, 9, 60, 2)
     ]
-    logits, stats = scorer.score_with_stats(pairs)
-    one_by_one = np.concatenate([scorer.score([p]) for p in pairs])
+    logits, stats = scorer.score(Pairs.from_list(pairs))
+    one_by_one = np.concatenate([scorer.score(Pairs.from_list([p]))[0] for p in pairs])
     np.testing.assert_allclose(logits, one_by_one, atol=1e-5)
     assert stats.batches > 1 and stats.pairs == len(pairs)
     assert stats.tokens == sum(len(p) for p in pairs) <= stats.padded_tokens
@@ -59,13 +62,64 @@ def test_scores_keep_input_order_across_batches(tiny_model):
     assert logits.dtype == np.float32
 
 
+def test_score_many_splits_per_group(tiny_model):
+    scorer = Scorer.from_pretrained(tiny_model, dtype="float32")
+    pairs = [np.array([0, 5 + n, 2, 2, 9, 2], dtype=np.int32) for n in range(5)]
+    groups = [Pairs.from_list(pairs[:2]), Pairs.from_list([]), Pairs.from_list(pairs[2:])]
+    per_group, stats = scorer.score_many(groups)
+    assert [len(g) for g in per_group] == [2, 0, 3] and stats.pairs == 5
+    alone = scorer.score(Pairs.from_list(pairs))[0]
+    np.testing.assert_allclose(np.concatenate(per_group), alone, atol=1e-6)
+
+
+def test_pairs_pad_take_and_check():
+    pairs = Pairs.from_list([np.array([0, 7, 2]), np.array([0, 8, 9, 10, 2]), np.array([3])])
+    assert pairs.lengths.tolist() == [3, 5, 1] and pairs.num_tokens == 9
+    ids, lengths = pad_batch(pairs, np.array([1, 0]), 8, pad_id=1)
+    assert ids.tolist() == [[0, 8, 9, 10, 2, 1, 1, 1], [0, 7, 2, 1, 1, 1, 1, 1]]
+    assert lengths.tolist() == [5, 3]
+    assert [p.tolist() for p in pairs.take(np.array([2, 0])).to_list()] == [[3], [0, 7, 2]]
+    pairs.check(vocab_size=11, max_length=5)
+    for vocab, length in ((10, 5), (11, 4)):
+        with pytest.raises(InvalidInputError):
+            pairs.check(vocab_size=vocab, max_length=length)
+
+
 def test_empty_input(tiny_model):
     scorer = Scorer.from_pretrained(tiny_model, dtype="float32")
-    assert scorer.score([]).shape == (0, 3)
+    assert scorer.score(Pairs.from_list([]))[0].shape == (0, 3)
     scorer.check()
 
 
-def test_device_and_dtype_choice():
+def test_null_backend_scores_without_weights(tiny_model):
+    scorer = Scorer.from_config(ModelConfig(model=tiny_model, backend="null"))
+    assert scorer.device == "null" and scorer.batching.max_batch_tokens == 16384
+    logits, stats = scorer.score(Pairs.from_list([np.array([0, 5, 2])] * 3))
+    assert logits.shape == (3, 3) and not logits.any() and stats.batches == 1
+
+
+# (configured, Ray's GPU ids or None outside Ray, CUDA_VISIBLE_DEVICES, GPUs CUDA sees) -> device
+DEVICE_TABLE = [
+    ("auto", None, None, 0, "cpu"),  # in-process, no GPU
+    ("auto", None, None, 2, "cuda:0"),  # in-process with GPUs
+    ("auto", [], "0,1", 2, "cpu"),  # Ray gave this actor no GPU; the node has some
+    ("auto", [3], "3", 1, "cuda:0"),  # Ray narrowed CUDA_VISIBLE_DEVICES to the assigned one
+    ("auto", ["3"], "1,3", 2, "cuda:1"),  # several visible: the assigned id's place
+    ("auto", ["2"], None, 4, "cuda:2"),  # RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES
+    ("auto", [0], "0", 0, "cpu"),  # a node that declares GPUs CUDA cannot drive
+    ("auto", ["2"], None, 1, "cpu"),  # NOSET, but CUDA sees fewer GPUs than the id
+    ("cpu", [0], "0", 1, "cpu"),  # explicit wins
+    ("cuda:1", [], None, 0, "cuda:1"),
+]
+
+
+@pytest.mark.parametrize(("configured", "gpu_ids", "visible", "count", "expected"), DEVICE_TABLE)
+def test_one_device_rule(configured, gpu_ids, visible, count, expected):
+    got = resolve_device(configured, gpu_ids, visible=visible, cuda_devices=count)
+    assert got == torch.device(expected)
+
+
+def test_dtype_choice():
     assert resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
         assert resolve_device("auto") == torch.device("cpu")

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from reference import assert_same_result
 
-from serve.config import CLASSIFIER_NAME, INGRESS_NAME, AppConfig, ServeBatching
+from serve.config import CLASSIFIER_NAME, AppConfig, ServeBatching
 from zeroshot.config import Limits
 
 pytestmark = pytest.mark.ray
@@ -44,29 +44,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _deploy_yaml(model: str, batching: dict) -> None:
-    """Deploy serve/config.yaml as app `zs`, with what a CPU test box needs changed."""
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
+def _yaml_app(model: str, batching: dict, user_config: dict | None = None) -> dict:
+    """serve/config.yaml as app `zs`, with what a CPU test box needs changed in its `args`;
+    `user_config` retunes the classifier's batching the way Serve does it on a running app
+    (a `deployments` entry: changing `args` would restart every replica)."""
     data = yaml.safe_load(CONFIG_YAML.read_text())
     del data["http_options"]  # Serve is already up on a free port
     (app,) = data["applications"]
     app["name"] = "zs"
-    app["args"].update(
+    args = app["args"]
+    args.update(
         model=model,
         dtype="float32",
         limits=LIMITS.model_dump(),
         max_body_bytes=BODY_LIMIT,
+        batching=batching,
     )
-    deployments = {d["name"]: d for d in app["deployments"]}
-    for d in deployments.values():
-        d["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 1}
-    deployments[INGRESS_NAME]["ray_actor_options"] = {"num_cpus": 0.25}
-    clf = deployments[CLASSIFIER_NAME]
-    clf["ray_actor_options"] = {"num_cpus": 1, "num_gpus": 0}
-    clf["user_config"].update(batching)
+    args["ingress"] = {"max_replicas": 1, "num_cpus": 0.25}
+    args["classifier"] = {"max_replicas": 1, "num_cpus": 1, "num_gpus": 0}
+    if user_config is not None:
+        app["deployments"] = [{"name": CLASSIFIER_NAME, "user_config": user_config}]
+    return data
+
+
+def _deploy_yaml(model: str, batching: dict, user_config: dict | None = None) -> dict:
+    """Deploy it through Serve's config path (what `serve run`/`serve deploy`/KubeRay do)."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    data = _yaml_app(model, batching, user_config)
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(data), _blocking=True)
+    return data["applications"][0]["args"]
 
 
 @pytest.fixture(scope="module")
@@ -82,28 +90,29 @@ def server(tiny_model):
     ray.init(num_cpus=4, include_dashboard=False, _metrics_export_port=metrics_port)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    fixed = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}
+    one = {"max_replicas": 1, "num_cpus": 0.25}
     tight = AppConfig(
         model=tiny_model,
         dtype="float32",
         api_key=KEY,
         batching=ServeBatching(max_batch_size=1, batch_wait_timeout_s=0.0),
-        num_gpus=0,
+        ingress=one,
+        classifier={**one, "num_cpus": 0.5, "num_gpus": 0},
     )
     try:
         # `zs` goes through serve/config.yaml and Serve's config path (what `serve run`/`serve
-        # deploy`/KubeRay do): import_path, args, deployments. `tight` is built from code.
+        # deploy`/KubeRay do): import_path, args. `tight` is built from code, with a one-slot
+        # queue in front of a one-request classifier that answers 429.
         _deploy_yaml(tiny_model, {"batch_wait_timeout_s": 0.1})
         serve.run(
             build(
                 tight,
-                ingress_options={**fixed, "ray_actor_options": {"num_cpus": 0.25}},
-                classifier_options={
-                    **fixed,
-                    "ray_actor_options": {"num_cpus": 0.5},
-                    "max_ongoing_requests": 1,
-                    "max_queued_requests": 1,
-                    "backpressure_config": {"status_code": 429, "retry_after_s": 2},
+                overrides={
+                    CLASSIFIER_NAME: {
+                        "max_ongoing_requests": 1,
+                        "max_queued_requests": 1,
+                        "backpressure_config": {"status_code": 429, "retry_after_s": 2},
+                    }
                 },
             ),
             name="tight",
@@ -425,24 +434,48 @@ def test_bad_pairs_sent_to_the_classifier_fail_alone(server, tiny_model):
     import numpy as np
     from ray import serve
 
-    from serve.wire import pack_pairs
     from zeroshot.errors import InvalidInputError
     from zeroshot.frontend import Frontend
+    from zeroshot.pairs import Pairs
 
     frontend = Frontend.from_pretrained(tiny_model)
     encoded = frontend.encode(frontend.request(TEXTS, ["a", "b"], "This example is {}."))
-    ids, lengths = pack_pairs(encoded.pairs)
+    pairs = encoded.pairs
     handle = serve.get_deployment_handle(CLASSIFIER_NAME, app_name="zs")
-    bad_ids = ids.copy()
+    bad_ids = pairs.ids.copy()
     bad_ids[3] = 10**6
-    calls = [handle.score.remote(ids, lengths) for _ in range(3)]
-    calls.insert(1, handle.score.remote(bad_ids, lengths))
+    calls = [handle.score.remote(pairs) for _ in range(3)]
+    calls.insert(1, handle.score.remote(Pairs(bad_ids, pairs.offsets)))
     with pytest.raises(InvalidInputError):
         calls[1].result()
     results = [c.result() for i, c in enumerate(calls) if i != 1]
     for r in results[1:]:
         np.testing.assert_array_equal(r, results[0])
-    assert results[0].shape == (len(encoded.pairs), 3)
+    assert results[0].shape == (len(pairs), 3)
+
+
+def test_config_path_deploys_exactly_the_computed_options(server):
+    """What Serve runs for the app deployed from serve/config.yaml is what
+    AppConfig.deployment_options computes from its args: no other source of options."""
+    from ray.serve.context import _get_global_client
+
+    args = _yaml_app(server["model"], {"batch_wait_timeout_s": 0.1})["applications"][0]["args"]
+    expected = AppConfig.model_validate(args).deployment_options(cluster_gpus=0)
+    details = _get_global_client().get_serve_details()
+    deployed = details["applications"]["zs"]["deployments"]
+    for name, options in expected.items():
+        config = deployed[name]["deployment_config"]
+        for key in ("max_ongoing_requests", "max_queued_requests", "user_config",
+                    "health_check_period_s", "health_check_timeout_s",
+                    "graceful_shutdown_timeout_s"):  # fmt: skip
+            if key in options:
+                assert config[key] == options[key], (name, key)
+        auto = config["autoscaling_config"]
+        for key, value in options["autoscaling_config"].items():
+            assert auto[key] == value, (name, key)
+        actor = config["ray_actor_options"]
+        for key, value in options["ray_actor_options"].items():
+            assert actor[key] == value, (name, key)
 
 
 # --- overload, auth -------------------------------------------------------------------------
@@ -461,7 +494,7 @@ def test_full_queue_answers_429_with_retry_after_then_recovers(server):
     for r in rejected:
         assert r.status_code == 429  # as the tight app's BackpressureConfig says
         assert r.headers["retry-after"] == "2"
-        assert r.json()["error"]["type"] == "overloaded"
+        assert r.json()["error"]["type"] == "too_many_requests"
     with httpx.Client(base_url=server["url"], timeout=60, headers=HEADERS) as c:
         after = c.post("/tight/v1/classify", json=body)
     assert after.status_code == 200, after.text
@@ -558,8 +591,8 @@ def test_custom_metrics_are_exported(server):
 def test_batching_retuned_through_user_config(server, client):
     before = _stats("zs")["batches"]
     assert before > 0
-    new = {"max_batch_size": 8, "max_batch_tokens": 2048, "batch_wait_timeout_s": 0.02}
-    _deploy_yaml(server["model"], new)
+    new = {"max_batch_size": 8, "batch_wait_timeout_s": 0.02}
+    _deploy_yaml(server["model"], {"batch_wait_timeout_s": 0.1}, user_config=new)
     deadline = time.time() + 30
     while time.time() < deadline:
         batching = client.get("/v1/info").json()["batching"]

@@ -1,5 +1,5 @@
-"""Serve app pieces that need no Ray cluster: device choice, batch budgets, per-part error
-isolation, config file validity, import hygiene."""
+"""Serve app pieces that need no Ray cluster: batch budgets, per-part error isolation, config
+file validity and deployment options, import hygiene."""
 
 from __future__ import annotations
 
@@ -19,74 +19,61 @@ from serve.classifier import (
     Part,
     ZeroShotClassifier,
     batch_size,
-    check_pairs,
-    pick_device,
     split_request,
 )
-from serve.config import CLASSIFIER_NAME, INGRESS_NAME, AppConfig, ServeBatching
-from serve.errors import HTTPError
-from serve.wire import pack_pairs, unpack_pairs
-from zeroshot.errors import InvalidInputError
+from serve.config import (
+    CLASSIFIER_NAME,
+    INGRESS_NAME,
+    AppConfig,
+    ClassifierSettings,
+    IngressSettings,
+    ServeBatching,
+)
+from zeroshot.config import BatchingConfig
+from zeroshot.errors import InternalError
+from zeroshot.pairs import Pairs
 from zeroshot.score import ScoreStats
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_YAML = ROOT / "serve" / "config.yaml"
 
 
-def test_pick_device_from_ray_gpu_ids():
-    assert pick_device("auto", []) == "cpu"
-    assert pick_device("auto", [3], "3") == "cuda:0"
-    assert pick_device("auto", [3], "1,3") == "cuda:1"
-    assert pick_device("auto", ["2"], None) == "cuda:2"  # NOSET mode: every GPU visible
-    assert pick_device("cpu", [0], "0") == "cpu"
-    assert pick_device("cuda:1", [], None) == "cuda:1"
+def _pairs(lengths) -> Pairs:
+    return Pairs.from_list([np.arange(n, dtype=np.int32) % 50 + 3 for n in lengths])
 
 
-def _pairs(lengths) -> list[np.ndarray]:
-    return [np.arange(n, dtype=np.int32) % 50 + 3 for n in lengths]
-
-
-def test_split_request_respects_both_budgets():
-    settings = BatchSettings(ServeBatching(max_batch_size=4, max_batch_tokens=64))
+def test_split_request_cuts_like_forward_passes():
+    forward = BatchingConfig(max_batch_tokens=64)
+    settings = BatchSettings(ServeBatching(max_batch_size=4, forward=forward))
     pairs = _pairs([5, 30, 7, 9, 12, 3, 3, 3, 3, 3])
     parts = split_request(1, pairs, settings)
     seen = np.concatenate([idx for idx, _ in parts])
     assert sorted(seen.tolist()) == list(range(len(pairs)))
     for idx, part in parts:
+        lengths = part.pairs.lengths
         assert len(part.pairs) <= 4
-        assert part.padded_tokens <= 64 or len(part.pairs) == 1
-        assert [len(p) for p in part.pairs] == [len(pairs[i]) for i in idx]
+        assert (-(-lengths.max() // 8) * 8) * len(lengths) <= 64 or len(lengths) == 1
+        assert lengths.tolist() == pairs.lengths[idx].tolist()
+        assert (-(-lengths // 8) * 8 >= 0.75 * (-(-lengths.max() // 8) * 8)).all()  # min_fill
 
 
-def test_batch_size_counts_pairs_and_closes_on_tokens():
-    settings = BatchSettings(ServeBatching(max_batch_size=10, max_batch_tokens=100))
-    small = Part(1, _pairs([5, 5]), 8, settings)
-    other = Part(2, _pairs([6, 6, 6]), 8, settings)
+def test_batch_budget_follows_the_device():
+    cpu = BatchSettings(ServeBatching(), "cpu").forward.max_batch_tokens
+    gpu = BatchSettings(ServeBatching(), "cuda").forward.max_batch_tokens
+    assert cpu < gpu
+    fixed = ServeBatching(forward=BatchingConfig(max_batch_tokens=777))
+    assert BatchSettings(fixed, "cuda").forward.max_batch_tokens == 777
+
+
+def test_batch_size_counts_pairs():
+    settings = BatchSettings(ServeBatching(max_batch_size=10))
+    small = Part(1, _pairs([5, 5]), settings)
+    other = Part(2, _pairs([6, 6, 6]), settings)
     assert batch_size([small]) == 2
     assert batch_size([small, other]) == 5
-    big = Part(3, _pairs([48, 48]), 48, settings)  # 96 padded tokens, 112 with `small`
-    assert batch_size([small, big]) == 11  # over the token budget: more than the limit
-    lone = Part(4, _pairs([200]), 200, settings)  # one pair longer than the budget still runs
-    assert batch_size([lone]) == 1
-    settings.batching = ServeBatching(max_batch_size=1, max_batch_tokens=100)  # reconfigured
+    settings.update(ServeBatching(max_batch_size=1))  # reconfigured
     assert batch_size([small]) == 1  # a lone part always fits ...
     assert batch_size([small, other]) == 5  # ... and nothing joins it
-
-
-def test_wire_roundtrip_and_checks():
-    pairs = _pairs([3, 1, 7])
-    ids, lengths = pack_pairs(pairs)
-    back = unpack_pairs(ids, lengths)
-    assert [p.tolist() for p in back] == [p.tolist() for p in pairs]
-    check_pairs(ids, lengths, vocab_size=100, max_length=8)
-    with pytest.raises(InvalidInputError):
-        check_pairs(ids, lengths, vocab_size=5, max_length=8)  # id beyond the vocabulary
-    with pytest.raises(InvalidInputError):
-        check_pairs(ids, lengths, vocab_size=100, max_length=4)  # pair too long
-    with pytest.raises(InvalidInputError):
-        check_pairs(ids, lengths[:2], vocab_size=100, max_length=8)
-    with pytest.raises(InvalidInputError):
-        check_pairs([1, 2], lengths, vocab_size=100, max_length=8)
 
 
 class FakeScorer:
@@ -95,24 +82,25 @@ class FakeScorer:
     def __init__(self):
         self.calls: list[int] = []
 
-    def score_with_stats(self, pairs):
+    def score_many(self, groups):
+        pairs = [p for g in groups for p in g.to_list()]
         self.calls.append(len(pairs))
         if any(999 in p for p in pairs):
             raise RuntimeError("boom")
-        logits = np.asarray([[p[0], len(p), 0.0] for p in pairs], dtype=np.float32)
         n = sum(len(p) for p in pairs)
-        return logits, ScoreStats(batches=1, pairs=len(pairs), tokens=n, padded_tokens=n)
+        stats = ScoreStats(batches=1, pairs=len(pairs), tokens=n, padded_tokens=n)
+        return [np.asarray([[p[0], len(p), 0.0] for p in g.to_list()]) for g in groups], stats
 
 
 def test_batch_runner_isolates_a_failing_part():
     settings = BatchSettings(ServeBatching())
-    good1 = Part(1, [np.asarray([5, 6, 7])], 8, settings)
-    bad = Part(2, [np.asarray([999, 1])], 8, settings)
-    good2 = Part(3, [np.asarray([8, 9]), np.asarray([10])], 8, settings)
+    good1 = Part(1, Pairs.from_list([np.asarray([5, 6, 7])]), settings)
+    bad = Part(2, Pairs.from_list([np.asarray([999, 1])]), settings)
+    good2 = Part(3, Pairs.from_list([np.asarray([8, 9]), np.asarray([10])]), settings)
     runner = BatchRunner(FakeScorer())
     out = asyncio.run(runner.run([good1, bad, good2]))
     assert out[0].tolist() == [[5, 3, 0]]
-    assert isinstance(out[1], HTTPError) and out[1].status == 500
+    assert isinstance(out[1], InternalError) and "boom" in out[1].message
     assert out[2].tolist() == [[8, 2, 0], [10, 1, 0]]
     assert runner.scorer.calls == [4, 1, 1, 2]  # shared pass failed, then each part alone
     assert runner.stats.failed_batches == 1 and runner.stats.batches == 2
@@ -143,7 +131,7 @@ def test_batch_gate_fills_the_next_batch_while_one_runs():
             await asyncio.sleep(0)  # let released parts reach the queue
             return batch
 
-        parts = [Part(i, [np.asarray([i])], 8, settings) for i in range(6)]
+        parts = [Part(i, _pairs([1]), settings) for i in range(6)]
         first = asyncio.create_task(gate.run(parts[0]))
         await asyncio.sleep(0)
         assert len(queued) == 1  # idle: straight in
@@ -156,7 +144,7 @@ def test_batch_gate_fills_the_next_batch_while_one_runs():
         assert sorted(p.request for p, _ in queued) == [1, 3, 4, 5]
         running[0][1].set_result("r0")
         assert await first == "r0"
-        late = asyncio.create_task(gate.run(Part(9, [np.asarray([9])], 8, settings)))
+        late = asyncio.create_task(gate.run(Part(9, _pairs([1]), settings)))
         await asyncio.sleep(0)
         assert len(gate.held) == 1  # batch 2 is formed but not started: hold
         queued[0][1].cancel()  # a released part dropped before its batch began (Serve)
@@ -202,18 +190,36 @@ def test_config_yaml_is_a_valid_serve_config():
     schema = ServeDeploySchema.model_validate(data)
     (app,) = schema.applications
     assert app.import_path == "serve.app:build_app"
-    AppConfig.model_validate(app.args)
-    deployments = {d.name: d.model_dump(exclude_unset=True) for d in app.deployments}
-    assert set(deployments) == {INGRESS_NAME, CLASSIFIER_NAME}
-    for d in deployments.values():
-        for key in ("autoscaling_config", "max_ongoing_requests", "max_queued_requests"):
-            assert key in d, (d["name"], key)
-        assert "ray_actor_options" in d
-    clf = deployments[CLASSIFIER_NAME]
+    cfg = AppConfig.model_validate(app.args)
+    # Every deployment option comes from AppConfig: the file overrides none of them.
+    assert not app.deployments
+    options = cfg.deployment_options(cluster_gpus=0)
+    assert set(options) == {INGRESS_NAME, CLASSIFIER_NAME}
+    clf = options[CLASSIFIER_NAME]
+    assert clf["ray_actor_options"]["num_gpus"] == 1  # said outright for GPU clusters
     batching = ServeBatching.model_validate(clf["user_config"])
-    assert clf["ray_actor_options"]["num_gpus"] == 1
-    assert clf["max_ongoing_requests"] >= batching.max_batch_size
+    assert clf["max_ongoing_requests"] >= 2 * batching.max_batch_size
     assert not _keys(data) & {"max_concurrent_queries", "target_num_ongoing_requests_per_replica"}
+
+
+def test_cli_and_yaml_deploy_the_same_options():
+    """`zeroshot serve` with the file's values builds exactly the file's options: both go
+    through AppConfig.deployment_options, and nothing else sets one."""
+    from serve.cli import config_from_args
+    from zeroshot.cli import build_parser
+
+    args = _yaml()["applications"][0]["args"]
+    from_yaml = AppConfig.model_validate(args)
+    argv = ["serve", "--model", args["model"], "--num-gpus", "1", "--replicas", "4"]
+    from_cli = config_from_args(
+        build_parser("serve").parse_args([*argv, "--ingress-replicas", "4"])
+    )
+    assert from_cli == from_yaml
+    for gpus in (0, 2):
+        assert from_cli.deployment_options(gpus) == from_yaml.deployment_options(gpus)
+    # The code defaults, unchanged by the CLI, are the same object as an empty `args`.
+    plain = config_from_args(build_parser("serve").parse_args(["serve"]))
+    assert plain == AppConfig.model_validate({})
 
 
 def _keys(node) -> set[str]:
@@ -235,7 +241,9 @@ def test_build_app_from_yaml_args():
         build_app({"modle": "typo"})
 
 
-@pytest.mark.parametrize("model", [AppConfig, ServeBatching])
+@pytest.mark.parametrize(
+    "model", [AppConfig, ServeBatching, BatchingConfig, IngressSettings, ClassifierSettings]
+)
 def test_every_config_field_is_described(model):
     for name, field in model.model_fields.items():
         assert field.description, f"{model.__name__}.{name} has no description"
@@ -265,13 +273,12 @@ def test_ingress_import_adds_no_torch():
 
 
 def test_cli_arguments_parse():
+    from serve.cli import config_from_args
     from zeroshot.cli import build_parser
 
-    args = build_parser().parse_args(
+    args = build_parser("serve").parse_args(
         ["serve", "--model", "/m", "--port", "8123", "--dtype", "float32", "--num-gpus", "0"]
     )
-    from serve.cli import _config
-
-    cfg = _config(args)
-    assert (cfg.model, cfg.dtype, cfg.num_gpus) == ("/m", "float32", 0)
+    cfg = config_from_args(args)
+    assert (cfg.model, cfg.dtype, cfg.classifier.num_gpus) == ("/m", "float32", 0)
     assert args.port == 8123 and args.host == "127.0.0.1"

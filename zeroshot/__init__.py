@@ -21,6 +21,7 @@ _EXPORTS = {
     "EncodedRequest": "zeroshot.encode",
     "PairEncoder": "zeroshot.encode",
     "ErrorType": "zeroshot.errors",
+    "Pairs": "zeroshot.pairs",
     "ZeroShotError": "zeroshot.errors",
     "Frontend": "zeroshot.frontend",
     "ClassificationRequest": "zeroshot.requests",

@@ -9,7 +9,7 @@ from typing import TypedDict
 
 import numpy as np
 
-from zeroshot.encode import EncodedRequest
+from zeroshot.requests import ClassificationRequest
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,9 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def assemble(
-    encoded: EncodedRequest, logits: np.ndarray, nli: NliLabels
+    req: ClassificationRequest, logits: np.ndarray, nli: NliLabels
 ) -> list[ClassificationResult]:
     """Results for each sequence of one request, from its pairs' logits in encode order."""
-    req = encoded.request
     n_labels = len(req.labels)
     reshaped = np.asarray(logits, dtype=np.float32).reshape(len(req.sequences), n_labels, -1)
     if req.multi_label or n_labels == 1:

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from zeroshot.assemble import ClassificationResult
-from zeroshot.config import DEFAULT_MODEL, DEFAULT_TEMPLATE, BatchingConfig, Limits
-from zeroshot.devices import dtype_name
+from zeroshot.config import DEFAULT_MODEL, DEFAULT_TEMPLATE, BatchingConfig, Limits, ModelConfig
 from zeroshot.encode import EncodedRequest
 from zeroshot.errors import ZeroShotError
 from zeroshot.frontend import Frontend
 from zeroshot.requests import ClassificationRequest
-from zeroshot.score import Scorer, ScoreStats
+from zeroshot.score import Scorer
 
 
 class ZeroShotClassifier:
@@ -36,17 +33,28 @@ class ZeroShotClassifier:
         batching: BatchingConfig | None = None,
         limits: Limits | None = None,
     ) -> ZeroShotClassifier:
-        frontend = Frontend.from_pretrained(model, revision, limits)
-        scorer = Scorer.from_pretrained(model, revision, device, dtype, batching)
-        return cls(frontend, scorer, model, revision)
+        cfg = ModelConfig(model=model, revision=revision, device=device, dtype=dtype)
+        return cls.from_config(cfg, batching=batching, limits=limits)
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: ModelConfig,
+        *,
+        batching: BatchingConfig | None = None,
+        limits: Limits | None = None,
+    ) -> ZeroShotClassifier:
+        """From a `ModelConfig` (any backend; device 'auto' is the first GPU CUDA sees)."""
+        frontend = Frontend.from_pretrained(cfg.model, cfg.revision, limits)
+        return cls(frontend, Scorer.from_config(cfg, batching=batching), cfg.model, cfg.revision)
 
     @property
     def device(self) -> str:
-        return str(self.scorer.device)
+        return self.scorer.device
 
     @property
     def dtype(self) -> str:
-        return dtype_name(self.scorer.dtype)
+        return self.scorer.dtype
 
     def __call__(
         self,
@@ -76,20 +84,12 @@ class ZeroShotClassifier:
             for item in encoded:
                 if isinstance(item, ZeroShotError):
                     raise item
-        logits_per_request, _ = self.score_encoded(
-            [e for e in encoded if isinstance(e, EncodedRequest)]
-        )
-        logits_iter = iter(logits_per_request)
+        ok = [e for e in encoded if isinstance(e, EncodedRequest)]
+        logits, _ = self.scorer.score_many([e.pairs for e in ok])
+        per_request = iter(logits)
         return [
-            e if isinstance(e, ZeroShotError) else self.frontend.assemble(e, next(logits_iter))
+            e
+            if isinstance(e, ZeroShotError)
+            else self.frontend.assemble(e.request, next(per_request))
             for e in encoded
         ]
-
-    def score_encoded(
-        self, encoded: Sequence[EncodedRequest]
-    ) -> tuple[list[np.ndarray], ScoreStats]:
-        """Logits of every request's pairs from one shared `score` call."""
-        pairs = [p for e in encoded for p in e.pairs]
-        logits, stats = self.scorer.score_with_stats(pairs)
-        bounds = np.cumsum([0] + [len(e.pairs) for e in encoded])
-        return [logits[a:b] for a, b in zip(bounds[:-1], bounds[1:])], stats

@@ -1,7 +1,8 @@
 """`zeroshot` command line: classify, make-test-model, serve (Ray Serve), score (Ray Data).
 
-`serve` and `score` live in the `serve` and `pipelines` packages; their modules are imported
-only when their subcommand is parsed or run, so `zeroshot classify` never imports Ray.
+`serve` and `score` live in the `serve` and `pipelines` packages; only the module of the
+subcommand being run is imported, so `zeroshot classify` and `zeroshot --help` never import
+Ray. Options that set a config field are declared by that field (`zeroshot.flags`).
 """
 
 from __future__ import annotations
@@ -11,26 +12,18 @@ import importlib
 import json
 import sys
 
-from zeroshot.config import DEFAULT_MODEL, DEFAULT_TEMPLATE
-
-# subcommand -> module with add_arguments(parser) and main(args) -> int
+# subcommand -> (module with add_arguments(parser) and main(args) -> int, help)
 _PLUGINS = {
     "serve": ("serve.cli", "run the Ray Serve app (HTTP) until interrupted"),
     "score": ("pipelines.cli", "score a Parquet dataset with Ray Data, writing Parquet"),
 }
 
 
-def add_model_args(
-    p: argparse.ArgumentParser, device_help: str = "auto, cpu, cuda or cuda:N"
-) -> None:
-    """--model, --revision, --device, --dtype: the same four options on every subcommand."""
-    p.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local directory")
-    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
-    p.add_argument("--device", default="auto", help=device_help)
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; a plugin subcommand's options are loaded only when it is `command`."""
+    from zeroshot.config import DEFAULT_TEMPLATE, ModelConfig
+    from zeroshot.flags import MODEL_FLAGS, add_flags
 
-
-def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zeroshot", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -39,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help='candidate labels, e.g. "a,b,c"')
     p.add_argument("--template", default=DEFAULT_TEMPLATE, help="hypothesis template with {}")
     p.add_argument("--multi-label", action="store_true")
-    add_model_args(p)
+    add_flags(p, ModelConfig, MODEL_FLAGS)
 
     p = sub.add_parser("make-test-model", help="write a random-weight BART model for tests")
     p.add_argument("directory")
@@ -53,21 +46,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, (module, help_text) in _PLUGINS.items():
         p = sub.add_parser(name, help=help_text)
-        importlib.import_module(module).add_arguments(p)
+        if name == command:
+            importlib.import_module(module).add_arguments(p)
     return parser
 
 
+def _command(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command(argv)).parse_args(argv)
     from zeroshot.errors import ZeroShotError
 
     try:
         if args.command == "classify":
             from zeroshot.classifier import ZeroShotClassifier
+            from zeroshot.config import ModelConfig
+            from zeroshot.flags import values
 
-            clf = ZeroShotClassifier.from_pretrained(
-                args.model, args.revision, device=args.device, dtype=args.dtype
-            )
+            clf = ZeroShotClassifier.from_config(ModelConfig.model_validate(values(args)))
             result = clf(args.text, args.labels, args.template, args.multi_label)
             print(json.dumps(result, ensure_ascii=False, indent=2))
             return 0

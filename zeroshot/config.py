@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 DEFAULT_MODEL = "valhalla/distilbart-mnli-12-1"
 DEFAULT_TEMPLATE = "This example is {}."
 
-Device = Literal["auto", "cpu", "cuda"] | str
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+Backend = Literal["torch", "null"]
 
 
 class Limits(BaseModel):
@@ -41,13 +41,33 @@ class ModelConfig(BaseModel):
     )
     device: str = Field(
         "auto",
-        description="'auto' (CUDA when a GPU is visible, else CPU), 'cpu', 'cuda' or 'cuda:N'.",
+        description="'auto' (the GPU Ray assigned, or outside Ray the first GPU CUDA sees; "
+        "else the CPU), 'cpu', 'cuda' or 'cuda:N'.",
     )
     dtype: DType = Field(
         "auto",
         description="'auto' picks bfloat16 where the hardware runs it natively (CUDA with bf16, "
         "a CPU with AMX or AVX512-BF16) and float32 elsewhere; 'float32' is the exact mode.",
     )
+    backend: Backend = Field(
+        "torch",
+        description="'torch' runs the model; 'null' returns fixed logits of the right shape "
+        "without loading weights (the model path still gives tokenizer and config), so every "
+        "other stage can be load-tested and measured on its own.",
+    )
+    null_pairs_per_s: float | None = Field(
+        None,
+        gt=0,
+        description="With backend 'null': take as long as a device scoring this many pairs "
+        "per second would (e.g. 19500 for an H100), to see whether the rest keeps up; None "
+        "answers at once.",
+    )
+
+
+# A CPU forward pass costs in proportion to padded tokens, so small, tightly sorted batches
+# win there; an accelerator wants large batches to fill its cores.
+CPU_MAX_BATCH_TOKENS = 2048
+DEVICE_MAX_BATCH_TOKENS = 16384
 
 
 class BatchingConfig(BaseModel):
@@ -55,10 +75,11 @@ class BatchingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_batch_tokens: int = Field(
-        16384,
+    max_batch_tokens: int | None = Field(
+        None,
         ge=1,
-        description="Budget of padded tokens (longest pair x pairs) in one forward pass.",
+        description="Budget of padded tokens (longest pair x pairs) in one forward pass. None: "
+        f"{DEVICE_MAX_BATCH_TOKENS} on a GPU, {CPU_MAX_BATCH_TOKENS} on a CPU.",
     )
     max_batch_pairs: int = Field(
         256, ge=1, description="Most pairs in one forward pass, whatever their length."
@@ -75,3 +96,9 @@ class BatchingConfig(BaseModel):
         "pair's compute; 0 packs by the token budget alone.",
     )
 
+    def for_device(self, device_type: str) -> BatchingConfig:
+        """This config with the token budget decided for a device type ('cpu', 'cuda', ...)."""
+        if self.max_batch_tokens is not None:
+            return self
+        budget = CPU_MAX_BATCH_TOKENS if device_type == "cpu" else DEVICE_MAX_BATCH_TOKENS
+        return self.model_copy(update={"max_batch_tokens": budget})

@@ -16,6 +16,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from zeroshot.errors import HypothesisTooLongError, ZeroShotError
+from zeroshot.pairs import Pairs
 from zeroshot.requests import ClassificationRequest, format_hypothesis
 
 _HYPOTHESIS_CACHE_SIZE = 65_536
@@ -26,11 +27,11 @@ class EncodedRequest:
     """Pair ids of one request, sequence-major: pair `i * n_labels + j` is (sequence i, label j)."""
 
     request: ClassificationRequest
-    pairs: list[np.ndarray]
+    pairs: Pairs
 
     @property
     def num_tokens(self) -> int:
-        return int(sum(len(p) for p in self.pairs))
+        return self.pairs.num_tokens
 
 
 def _pair_template(backend: Tokenizer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -117,14 +118,15 @@ class PairEncoder:
             if isinstance(h, ZeroShotError):
                 out.append(h)
                 continue
-            pairs = []
+            pieces: list[np.ndarray] = []
+            lengths: list[int] = []
             for _ in req.sequences:
                 ids = next(text_ids)
                 for hyp in h:
-                    budget = self.max_length - self.num_special - len(hyp)
-                    pairs.append(
-                        np.concatenate((self.prefix, ids[:budget], self.middle, hyp, self.suffix))
-                    )
+                    text = ids[: self.max_length - self.num_special - len(hyp)]
+                    pieces += (self.prefix, text, self.middle, hyp, self.suffix)
+                    lengths.append(self.num_special + len(text) + len(hyp))
+            pairs = Pairs.from_lengths(np.concatenate(pieces), np.asarray(lengths, np.int64))
             out.append(EncodedRequest(req, pairs))
         return out
 

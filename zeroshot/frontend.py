@@ -26,9 +26,6 @@ class Frontend:
         self.encoder = PairEncoder.from_tokenizer(
             tokenizer, getattr(config, "max_position_embeddings", None)
         )
-        self.pad_token_id = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else config.pad_token_id
-        )
 
     @classmethod
     def from_pretrained(
@@ -48,8 +45,10 @@ class Frontend:
     def encode_many(self, requests: Sequence[ClassificationRequest]):
         return self.encoder.encode_many(requests)
 
-    def assemble(self, encoded: EncodedRequest, logits: np.ndarray) -> list[ClassificationResult]:
-        return assemble(encoded, logits, self.nli)
+    def assemble(
+        self, request: ClassificationRequest, logits: np.ndarray
+    ) -> list[ClassificationResult]:
+        return assemble(request, logits, self.nli)
 
     @property
     def max_length(self) -> int:

@@ -1,8 +1,9 @@
-"""Stage 2, `score`: the only stage that touches torch devices.
+"""Stage 2, `score`: pairs to NLI logits through a backend (the only stage on a device).
 
 Pairs are sorted by length (longest first, so an out-of-memory shows on the first batch) and cut
 into batches whose padded size (longest x count) stays under a token budget; each batch is one
-forward pass returning the NLI logits as float32.
+forward pass. `score_many` is the one way to score several requests' pairs together: it joins
+them, scores them in shared passes and splits the logits back per request.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from zeroshot.config import BatchingConfig
+from zeroshot.backends import Backend, load_backend
+from zeroshot.config import BatchingConfig, ModelConfig
+from zeroshot.pairs import Pairs, split
 
 
 @dataclass
@@ -33,16 +35,15 @@ class ScoreStats:
         return 1.0 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
 
 
-def round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 def plan_batches(lengths: np.ndarray, batching: BatchingConfig) -> list[tuple[np.ndarray, int]]:
     """Index groups and their padded length, longest first, each under the token budget.
 
     Sorting alone still lets one long pair pad a whole batch of short ones; a batch also ends
     where the next pair would fill less than `min_fill` of the padded length.
     """
+    budget = batching.max_batch_tokens
+    if budget is None:
+        raise ValueError("plan_batches needs a token budget: use BatchingConfig.for_device")
     lengths = np.asarray(lengths)
     order = np.argsort(-lengths, kind="stable")
     rounded = -(-lengths[order] // batching.pad_to_multiple_of) * batching.pad_to_multiple_of
@@ -50,7 +51,7 @@ def plan_batches(lengths: np.ndarray, batching: BatchingConfig) -> list[tuple[np
     start = 0
     while start < len(order):
         padded = int(rounded[start])
-        count = max(1, min(batching.max_batch_pairs, batching.max_batch_tokens // padded))
+        count = max(1, min(batching.max_batch_pairs, budget // padded))
         # rounded is descending: -rounded ascending, so searchsorted finds the fill cut-off.
         window = -rounded[start : start + count]
         count = max(1, int(np.searchsorted(window, -padded * batching.min_fill, side="right")))
@@ -60,32 +61,33 @@ def plan_batches(lengths: np.ndarray, batching: BatchingConfig) -> list[tuple[np
 
 
 def pad_batch(
-    pairs: Sequence[np.ndarray], indices: np.ndarray, padded: int, pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = np.full((len(indices), padded), pad_id, dtype=np.int64)
-    mask = np.zeros((len(indices), padded), dtype=np.int64)
-    for row, i in enumerate(indices):
-        n = len(pairs[i])
-        ids[row, :n] = pairs[i]
-        mask[row, :n] = 1
-    return torch.from_numpy(ids), torch.from_numpy(mask)
+    pairs: Pairs, indices: np.ndarray, padded: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids `[len(indices), padded]` int64, right-padded with `pad_id`; lengths)."""
+    lengths = pairs.lengths[indices]
+    ids = pairs.gather(indices, lengths, padded).astype(np.int64)
+    ids[np.arange(padded) >= lengths[:, None]] = pad_id
+    return ids, lengths
 
 
 class Scorer:
-    """Holds the model on its device and turns pair ids into NLI logits."""
+    """Plans length-sorted batches and drives a backend through them."""
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        pad_token_id: int,
-        batching: BatchingConfig | None = None,
-    ):
-        self.model = model.eval()
-        self.pad_token_id = int(pad_token_id)
-        self.batching = batching or BatchingConfig()
-        first = next(model.parameters())
-        self.device, self.dtype = first.device, first.dtype
-        self.num_labels = int(model.config.num_labels)
+    def __init__(self, backend: Backend, batching: BatchingConfig | None = None):
+        self.backend = backend
+        self.batching = (batching or BatchingConfig()).for_device(backend.device_type)
+        config = backend.config
+        self.pad_token_id = int(config.pad_token_id)
+        self.num_labels = backend.num_labels
+        self.vocab_size = int(config.vocab_size)
+        self.max_length = int(getattr(config, "max_position_embeddings", 0) or 1 << 20)
+
+    @classmethod
+    def from_config(
+        cls, cfg: ModelConfig, gpu_ids=None, batching: BatchingConfig | None = None
+    ) -> Scorer:
+        """The backend `cfg` asks for; `gpu_ids` are the GPUs Ray assigned (None outside Ray)."""
+        return cls(load_backend(cfg, gpu_ids), batching)
 
     @classmethod
     def from_pretrained(
@@ -96,49 +98,44 @@ class Scorer:
         dtype: str = "auto",
         batching: BatchingConfig | None = None,
     ) -> Scorer:
-        """Load the weights on `device` ('auto': CUDA when visible) in `dtype` ('auto': bf16 where
-        native). The pad id comes from the model config, so no tokenizer is needed."""
-        from zeroshot.devices import resolve_device, resolve_dtype
-        from zeroshot.loading import load_model
+        """The torch backend on `device` ('auto': a GPU when CUDA has one) in `dtype` ('auto':
+        bf16 where native)."""
+        cfg = ModelConfig(model=model, revision=revision, device=device, dtype=dtype)
+        return cls.from_config(cfg, batching=batching)
 
-        torch_device = resolve_device(device)
-        weights = load_model(model, revision, torch_device, resolve_dtype(dtype, torch_device))
-        return cls(weights, weights.config.pad_token_id, batching)
+    @property
+    def device(self) -> str:
+        return self.backend.device
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            out = self.model(
-                input_ids=input_ids.to(self.device, non_blocking=True),
-                attention_mask=attention_mask.to(self.device, non_blocking=True),
-                use_cache=False,
-            )
-            return out.logits.float()
+    @property
+    def dtype(self) -> str:
+        return self.backend.dtype
 
-    def score(self, pairs: Sequence[np.ndarray]) -> np.ndarray:
-        return self.score_with_stats(pairs)[0]
-
-    def score_with_stats(self, pairs: Sequence[np.ndarray]) -> tuple[np.ndarray, ScoreStats]:
+    def score(self, pairs: Pairs) -> tuple[np.ndarray, ScoreStats]:
         """Logits `[len(pairs), num_labels]` (float32, input order) and what it cost."""
         t0 = time.perf_counter()
+        backend = self.backend
         logits = np.empty((len(pairs), self.num_labels), dtype=np.float32)
-        stats = ScoreStats(pairs=len(pairs))
-        if not pairs:
-            return logits, stats
-        lengths = np.fromiter((len(p) for p in pairs), dtype=np.int64, count=len(pairs))
-        stats.tokens = int(lengths.sum())
-        for indices, padded in plan_batches(lengths, self.batching):
-            ids, mask = pad_batch(pairs, indices, padded, self.pad_token_id)
-            logits[indices] = self.forward(ids, mask).cpu().numpy()
+        stats = ScoreStats(pairs=len(pairs), tokens=pairs.num_tokens)
+        plan = plan_batches(pairs.lengths, self.batching) if len(pairs) else []
+        inputs = backend.encode_pre(*pad_batch(pairs, *plan[0], self.pad_token_id)) if plan else 0
+        for i, (indices, padded) in enumerate(plan):
+            outputs = backend.encode_core(inputs)
+            if i + 1 < len(plan):
+                # Prepared while the device still computes batch i (CUDA runs asynchronously).
+                inputs = backend.encode_pre(*pad_batch(pairs, *plan[i + 1], self.pad_token_id))
+            logits[indices] = backend.encode_post(outputs)
             stats.batches += 1
             stats.padded_tokens += padded * len(indices)
             stats.batch_sizes.append(len(indices))
         stats.seconds = time.perf_counter() - t0
         return logits, stats
 
+    def score_many(self, groups: Sequence[Pairs]) -> tuple[list[np.ndarray], ScoreStats]:
+        """Each group's logits, from shared forward passes over all groups' pairs."""
+        logits, stats = self.score(Pairs.concat(groups))
+        return split(logits, [len(g) for g in groups]), stats
+
     def check(self) -> None:
         """Touch the device with a tiny op; raises when the device or model is unusable."""
-        if self.model is None:
-            raise RuntimeError("model is not loaded")
-        x = torch.ones(2, device=self.device)
-        if float((x + x).sum().item()) != 4.0:
-            raise RuntimeError(f"device {self.device} returned a wrong result")
+        self.backend.check()

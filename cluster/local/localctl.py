@@ -22,9 +22,6 @@ from pathlib import Path
 
 import yaml
 
-CLASSIFIER = "ZeroShotClassifier"
-INGRESS = "ZeroShotIngress"
-
 
 def auth_headers() -> dict[str, str]:
     """The bearer token of this cluster (RAY_AUTH_MODE=token, token in RAY_AUTH_TOKEN_PATH)."""
@@ -90,17 +87,6 @@ def wait_nodes(dashboard: str, count: int, timeout: float) -> int:
     return 1
 
 
-def find_deployment(app: dict, name: str) -> dict:
-    """The deployment entry `name` of a Serve application (created when absent)."""
-    deployments = app.setdefault("deployments", [])
-    for dep in deployments:
-        if dep.get("name") == name:
-            return dep
-    dep = {"name": name}
-    deployments.append(dep)
-    return dep
-
-
 def local_serve_config(
     config: dict,
     *,
@@ -113,13 +99,14 @@ def local_serve_config(
     max_replicas: int | None = None,
     max_batch_tokens: int | None = None,
 ) -> dict:
-    """serve/config.yaml adapted to the local cluster.
+    """serve/config.yaml adapted to the local cluster, through the app's `args` only (they
+    decide every deployment option).
 
     HTTP on `port` behind one proxy on the head (several proxies on one machine would all
     want the same port); the model, device and dtype overridden; the classifier asking for
     `num_gpus` (fake GPUs on a machine without one: that is why `device` defaults to "cpu",
-    since the app maps an assigned GPU to CUDA otherwise); autoscaling capped at
-    `max_replicas` so a small machine is not oversubscribed.
+    since the app maps an assigned GPU to CUDA otherwise); both deployments' replicas capped
+    at `max_replicas` so a small machine is not oversubscribed.
     """
     out = json.loads(json.dumps(config))  # deep copy, plain types
     out["proxy_location"] = "HeadOnly"
@@ -136,34 +123,26 @@ def local_serve_config(
             args["model"] = model
             if revision is None:
                 args.pop("revision", None)
-        if revision is not None:
-            args["revision"] = revision
-        if device is not None:
-            args["device"] = device
-        if dtype is not None:
-            args["dtype"] = dtype
-        clf = find_deployment(app, CLASSIFIER)
+        for key, value in (("revision", revision), ("device", device), ("dtype", dtype)):
+            if value is not None:
+                args[key] = value
+        classifier = args.setdefault("classifier", {}) or {}
+        args["classifier"] = classifier
         if num_gpus is not None:
-            opts = clf.setdefault("ray_actor_options", {}) or {}
-            opts["num_gpus"] = float(num_gpus)
-            clf["ray_actor_options"] = opts
-            args["num_gpus"] = float(num_gpus)
+            classifier["num_gpus"] = float(num_gpus)
         if max_replicas is not None:
-            for name in (CLASSIFIER, INGRESS):
-                dep = find_deployment(app, name)
-                auto = dep.get("autoscaling_config")
-                if isinstance(auto, dict):
-                    auto["max_replicas"] = min(int(auto.get("max_replicas", 1)), max_replicas)
-                    auto["min_replicas"] = min(int(auto.get("min_replicas", 1)), max_replicas)
-                    if "initial_replicas" in auto and auto["initial_replicas"] is not None:
-                        auto["initial_replicas"] = min(int(auto["initial_replicas"]), max_replicas)
-                elif isinstance(dep.get("num_replicas"), int):
-                    dep["num_replicas"] = min(dep["num_replicas"], max_replicas)
-            args["max_replicas"] = max_replicas
+            for part in ("classifier", "ingress"):
+                settings = args.setdefault(part, {}) or {}
+                args[part] = settings
+                settings["max_replicas"] = min(int(settings.get("max_replicas", 1)), max_replicas)
+                if "min_replicas" in settings:
+                    settings["min_replicas"] = min(int(settings["min_replicas"]), max_replicas)
         if max_batch_tokens is not None:
-            user = clf.setdefault("user_config", {}) or {}
-            user["max_batch_tokens"] = int(max_batch_tokens)
-            clf["user_config"] = user
+            batching = args.setdefault("batching", {}) or {}
+            args["batching"] = batching
+            forward = batching.setdefault("forward", {}) or {}
+            batching["forward"] = forward
+            forward["max_batch_tokens"] = int(max_batch_tokens)
     return out
 
 

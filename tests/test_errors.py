@@ -11,6 +11,8 @@ from serve.errors import STATUS, error_response
 from zeroshot import ClassificationRequest, Limits, ZeroShotClassifier
 from zeroshot.errors import (
     DeviceOutOfMemoryError,
+    DuplicateLabelsError,
+    EmptyLabelError,
     ErrorType,
     HypothesisTooLongError,
     InvalidInputError,
@@ -43,6 +45,12 @@ def clf(tiny_model) -> ZeroShotClassifier:
         ("text", " , ,", "This is {}.", NoLabelsError),
         ("text", None, "This is {}.", NoLabelsError),
         ("text", ["a", 3], "This is {}.", NoLabelsError),
+        ("text", ["a", ""], "This is {}.", EmptyLabelError),
+        ("text", ["a", " \t"], "This is {}.", EmptyLabelError),
+        ("text", "a,a", "This is {}.", DuplicateLabelsError),
+        ("text", " a , b,a", "This is {}.", DuplicateLabelsError),
+        ("text", ["a", "a"], "This is {}.", DuplicateLabelsError),
+        ("text", ["a", "a "], "This is {}.", DuplicateLabelsError),
         ("", ["a"], "This is {}.", NoTextError),
         ([], ["a"], "This is {}.", NoTextError),
         (["ok", ""], ["a"], "This is {}.", NoTextError),
@@ -72,6 +80,7 @@ def test_bad_input_raises_typed_error(clf, sequences, labels, template, error):
 def test_error_types_map_to_documented_codes():
     assert STATUS[ErrorType.INVALID_JSON] == 400
     assert STATUS[ErrorType.NO_LABELS] == 422
+    assert STATUS[ErrorType.INVALID_LABELS] == 422  # empty or duplicate labels
     assert STATUS[ErrorType.TOO_MANY_LABELS] == 413
     assert STATUS[ErrorType.BODY_TOO_LARGE] == 413
     assert STATUS[ErrorType.UNAUTHORIZED] == 401
@@ -105,6 +114,18 @@ def test_errors_survive_pickling():
     assert isinstance(exc, TooManyLabelsError) and exc.message == "too many"
     busy = pickle.loads(pickle.dumps(OverloadedError("busy", retry_after_s=7)))
     assert isinstance(busy, OverloadedError) and busy.retry_after_s == 7
+
+
+def test_label_messages_name_the_label(clf):
+    with pytest.raises(DuplicateLabelsError, match="'sports' is given more than once"):
+        clf("text", "sports, politics, sports")
+    with pytest.raises(EmptyLabelError, match="candidate label 1 ") as info:
+        clf("text", ["sports", ""])
+    assert info.value.type is ErrorType.INVALID_LABELS
+
+
+def test_empty_pieces_of_a_label_string_are_dropped_as_the_pipeline_does(clf):
+    assert clf("text", "a,,b, ")["labels"].__len__() == 2
 
 
 def test_template_check_matches_pipeline_rule():

@@ -141,7 +141,15 @@ def test_unreachable_hub_names_the_model_and_local_path(monkeypatch, tmp_path):
         ZeroShotClassifier.from_pretrained("valhalla/distilbart-mnli-12-1", dtype="float32")
     msg = info.value.message
     assert "valhalla/distilbart-mnli-12-1" in msg and "local" in msg and "--model" in msg
+    # the command the installed huggingface_hub ships (not the retired huggingface-cli)
+    assert "hf download valhalla/distilbart-mnli-12-1 --local-dir DIR" in msg
+    assert "HF_HUB_OFFLINE=1" in msg
     assert isinstance(info.value, ZeroShotError)
+
+
+def test_a_path_that_is_not_there_is_named_as_such(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such directory"):
+        ZeroShotClassifier.from_pretrained(str(tmp_path / "typo"), dtype="float32")
 
 
 def test_local_directory_without_model(tmp_path):

@@ -3,6 +3,7 @@ line's help and version, the benchmarks' extra, the cluster renderer run from an
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -10,10 +11,12 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from pipelines.config import JobConfig
 from pipelines.job import prepare
@@ -140,3 +143,118 @@ def test_unreachable_hub_uses_the_cached_model(dead_hub, tiny_model, tmp_path):
     assert out.returncode == 0, out.stderr
     assert sorted(json.loads(out.stdout)["labels"]) == ["a", "b"]
     assert hub.model_requests() == ["HEAD / HTTP/1.1"]  # every file came from the cache
+
+
+# --- the command line: defaults, --version, sizes ---------------------------------------------
+
+
+def subcommand_parsers() -> dict[str, argparse.ArgumentParser]:
+    from zeroshot.cli import _PLUGINS, build_parser
+
+    parsers = {}
+    for name in ("classify", "make-test-model", *_PLUGINS):
+        (sub,) = build_parser(name)._subparsers._group_actions
+        parsers[name] = sub.choices[name]
+    return parsers
+
+
+def test_help_shows_every_default():
+    parsers = subcommand_parsers()
+    assert set(parsers) >= {"classify", "make-test-model", "serve", "score", "render"}
+    missing = []
+    for name, parser in parsers.items():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS:
+                continue
+            if action.default is None or action.default is False:
+                continue  # nothing to show (or a config flag, whose help says it)
+            if action.default == argparse.SUPPRESS and action.dest.startswith("cfg:"):
+                continue  # config flags: zeroshot.flags writes the field's default itself
+            if action.dest in ("help", "version"):
+                continue
+            if not action.help or "(default: " not in formatter._expand_help(action):
+                missing.append(f"zeroshot {name} {action.option_strings[0]}")
+    assert not missing, missing
+
+
+def test_version_names_the_installed_distribution():
+    from importlib.metadata import version
+
+    out = zeroshot("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"zeroshot-serving {version('zeroshot-serving')} (ray ")
+
+
+def test_make_test_model_help_explains_the_sizes():
+    out = zeroshot("make-test-model", "--help")
+    text = " ".join(out.stdout.split())
+    assert "tiny: 2 encoder layers" in text and "full: valhalla/distilbart-mnli-12-1" in text
+
+
+# --- the cluster renderer: from anywhere, the RayJob's job as flags ---------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def installed_wheel(tmp_path_factory) -> Path:
+    """The project built as a wheel and installed into a directory of its own (no editable
+    install, no checkout on the path): what `pip install` gives a user."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for package in ("zeroshot", "serve", "pipelines", "cluster"):
+        shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", str(src), "-w", str(tmp / "dist")]
+    subprocess.run(build, check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp / "dist").glob("*.whl")
+    target = tmp / "site"
+    install = [*pip, "install", "--no-deps", "--no-compile", "--target", str(target), str(wheel)]
+    subprocess.run(install, check=True, capture_output=True, timeout=300)
+    return target
+
+
+def test_render_runs_from_anywhere_with_the_installed_package(installed_wheel, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(installed_wheel)}
+    out = zeroshot("render", "--labels", "spam, ham", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    # no checkout beside the installed module: the manifests land in ./kuberay
+    written = sorted(p.name for p in (tmp_path / "kuberay").iterdir())
+    assert written == ["raycluster.yaml", "rayjob.yaml", "rayservice.yaml"]
+    service = yaml.safe_load((tmp_path / "kuberay" / "rayservice.yaml").read_text())
+    # serveConfigV2 is the installed package's serve/config.yaml, verbatim
+    packaged = (installed_wheel / "serve" / "config.yaml").read_text()
+    assert service["spec"]["serveConfigV2"] == packaged
+
+
+def test_render_takes_the_rayjobs_job_as_flags(tmp_path):
+    from cluster import render
+
+    args = [
+        "--input", "gs://bucket/tickets/", "--output", "gs://bucket/scored/",
+        "--labels", "spam, ham", "--text-column", "body", "--id-column", "ticket_id",
+        "--template", "This ticket is about {}.", "--multi-label", "--out", str(tmp_path),
+    ]  # fmt: skip
+    assert render.main(args) == 0
+    job_manifest = yaml.safe_load((tmp_path / "rayjob.yaml").read_text())
+    job = render.parse_score_entrypoint(job_manifest["spec"]["entrypoint"])
+    assert (job.input, job.output) == ("gs://bucket/tickets/", "gs://bucket/scored/")
+    assert job.labels == ["spam", "ham"] and job.multi_label
+    assert (job.text_column, job.id_column) == ("body", "ticket_id")
+    assert job.hypothesis_template == "This ticket is about {}."
+    assert render.main([*args, "--check"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--labels", "a, a"], "given more than once"),
+     (["--input", "/local/dir"], "object-store paths")],
+)  # fmt: skip
+def test_render_refuses_a_job_that_would_fail_on_the_cluster(tmp_path, flags, message):
+    out = zeroshot("render", *flags, "--out", str(tmp_path))
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    assert not list(tmp_path.iterdir())

@@ -258,3 +258,33 @@ def test_render_refuses_a_job_that_would_fail_on_the_cluster(tmp_path, flags, me
     out = zeroshot("render", *flags, "--out", str(tmp_path))
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
     assert not list(tmp_path.iterdir())
+
+
+# --- benchmarks name their extra ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "module", ["benchmarks.serve_load", "benchmarks.engine", "benchmarks.offline"]
+)
+def test_a_benchmark_without_its_extra_says_which_to_install(module):
+    # -S: no site-packages, so httpx, matplotlib & co. are really missing (stdlib only)
+    out = subprocess.run(
+        [sys.executable, "-S", "-m", module, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert out.returncode == 1
+    assert "pip install -e '.[bench]'" in out.stderr and "httpx" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_the_guard_lists_the_bench_extra_of_pyproject():
+    import tomllib
+
+    from benchmarks.common import BENCH_EXTRA
+
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert sorted(BENCH_EXTRA) == sorted(extra["bench"])

@@ -34,6 +34,7 @@ from serve.schemas import (
     LabelScore,
     parse,
 )
+from serve.ui import add_ui_routes
 from zeroshot.config import DEFAULT_TEMPLATE
 from zeroshot.errors import BodyTooLargeError, ErrorType, InvalidJSONError, UnauthorizedError
 
@@ -307,6 +308,7 @@ def create_api(service: Service) -> FastAPI:
     key = cfg.resolved_api_key()
     if key:
         app.add_middleware(ApiKeyMiddleware, key=key)
+    add_ui_routes(app)  # playground at GET / (browsers), offline /docs; last: outermost
     return app
 
 

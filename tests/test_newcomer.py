@@ -231,6 +231,15 @@ def test_render_runs_from_anywhere_with_the_installed_package(installed_wheel, t
     assert service["spec"]["serveConfigV2"] == packaged
 
 
+def test_the_installed_package_holds_the_playground_and_the_swagger_dependency(installed_wheel):
+    from importlib.metadata import Distribution
+
+    assert (installed_wheel / "serve" / "static" / "playground.html").is_file()
+    (info,) = installed_wheel.glob("zeroshot_serving-*.dist-info")
+    requires = Distribution.at(info).requires or []
+    assert any(r.startswith("swagger-ui-bundle-v2") for r in requires)
+
+
 def test_render_takes_the_rayjobs_job_as_flags(tmp_path):
     from cluster import render
 

@@ -25,7 +25,7 @@ from starlette.requests import ClientDisconnect
 
 from serve.config import INGRESS_NAME, AppConfig
 from serve.errors import error_response, to_error
-from serve.metrics import Metrics, ingress_metrics
+from serve.metrics import Metrics, ingress_metrics, metrics_info
 from serve.schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -172,6 +172,7 @@ class Service:
             "limits": {**cfg.limits.model_dump(), "max_body_bytes": cfg.max_body_bytes},
             "batching": remote.get("batching"),
             "auth": cfg.resolved_api_key() is not None,
+            "metrics": await asyncio.to_thread(metrics_info),  # ray.nodes() asks the GCS
         }
 
     def failed(self, exc: BaseException) -> JSONResponse:

@@ -16,12 +16,15 @@ request it does not answer.
 from __future__ import annotations
 
 import importlib.resources
+import re
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.responses import FileResponse, HTMLResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from serve.metrics import GRAFANA_DASHBOARD, prometheus_targets
 
 PLAYGROUND = importlib.resources.files("serve").joinpath("static", "playground.html")
 ROOT_PLACEHOLDER = "__API_ROOT__"
@@ -134,4 +137,17 @@ def add_ui_routes(app: FastAPI) -> None:
     routes[:] = [r for r in routes if getattr(r, "path", None) != app.docs_url]
     app.add_middleware(
         BrowserPages, title=app.title, openapi_url=app.openapi_url, docs_url=app.docs_url
+    )
+
+
+def banner(url: str, local: bool) -> str:
+    """What `zeroshot serve` prints under its URL: the playground and where the metrics are.
+    `local`: Ray runs on this machine, whose metrics agent also answers on 127.0.0.1."""
+    targets = prometheus_targets()
+    if local:
+        targets = [re.sub(r"//[^/]+:", "//127.0.0.1:", t, count=1) for t in targets]
+    where = ", ".join(targets) or "Ray's metrics agent of each node (--metrics-export-port)"
+    return (
+        f"playground: {url}/ in a browser\n"
+        f"metrics: {where}  (Prometheus; series ray_zeroshot_*; dashboard {GRAFANA_DASHBOARD})"
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -297,3 +298,60 @@ def test_the_guard_lists_the_bench_extra_of_pyproject():
 
     extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert sorted(BENCH_EXTRA) == sorted(extra["bench"])
+
+
+# --- the Grafana dashboard ------------------------------------------------------------------------
+
+
+def test_dashboard_queries_only_series_that_serve_metrics_defines():
+    from dashboard import SERIES, dashboard_series, load, queries
+
+    from serve.metrics import COUNTERS, HISTOGRAMS
+
+    # How Ray 2.60 exports a Serve metric named X (as scraped by tests/test_ui.py).
+    exported = {f"ray_{name}_total" for name in COUNTERS} | {
+        f"ray_{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")
+    }
+    used = dashboard_series()
+    assert used <= exported, sorted(used - exported)
+    # ... and every series of serve/metrics.py has a panel
+    for name in (*HISTOGRAMS, *COUNTERS):
+        assert any(series.startswith(f"ray_{name}") for series in used), name
+    for title, expr in queries():
+        assert SERIES.search(expr), title
+        assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), title
+    assert load()["panels"]
+
+
+def test_dashboard_is_an_importable_grafana_dashboard():
+    from dashboard import load
+
+    board = load()
+    assert board["uid"] and board["title"] and isinstance(board["schemaVersion"], int)
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    ids, cells = set(), set()
+    for panel in board["panels"]:
+        assert panel["id"] not in ids
+        ids.add(panel["id"])
+        pos = panel["gridPos"]
+        assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24 and pos["h"] > 0
+        for x in range(pos["x"], pos["x"] + pos["w"]):  # no two panels overlap
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in cells, panel["title"]
+                cells.add((x, y))
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        refs = [t["refId"] for t in panel["targets"]]
+        assert refs and len(set(refs)) == len(refs)
+        for target in panel["targets"]:
+            assert target["datasource"] == panel["datasource"]
+            for var in re.findall(r"\$(\w+)", target["expr"]):
+                assert var in variables or var.startswith("__"), var
+    # next to Ray's own Serve dashboards
+    assert {link["url"] for link in board["links"]} == {
+        "/d/rayServeDashboard",
+        "/d/rayServeDeploymentDashboard",
+    }

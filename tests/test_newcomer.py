@@ -355,3 +355,32 @@ def test_dashboard_is_an_importable_grafana_dashboard():
         "/d/rayServeDashboard",
         "/d/rayServeDeploymentDashboard",
     }
+
+
+# --- the README says it, CI installs it ---------------------------------------------------------
+
+
+def test_readme_states_the_install_the_playground_and_the_dashboard():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    (torch,) = re.findall(r"pip install -q (torch==[\d.]+)", ci)
+    # the CPU-only install: one exact command with its index, and what each way costs on disk
+    assert f"pip install {torch} --index-url https://download.pytorch.org/whl/cpu" in readme
+    assert "6.3 GB" in readme and "1.8 GB" in readme
+    assert "pip install -e '.[bench]'" in readme
+    for path in ("docs/playground.png", "cluster/grafana/zeroshot-dashboard.json"):
+        assert f"({path})" in readme, path  # linked, and there
+        assert (REPO / path).is_file(), path
+    assert (REPO / "docs" / "playground.png").read_bytes().startswith(b"\x89PNG")
+    assert "hf download valhalla/distilbart-mnli-12-1 --local-dir DIR" in readme
+    assert "HF_HUB_OFFLINE=1" in readme
+
+
+def test_ci_installs_what_the_browser_tests_need():
+    import tomllib
+
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "apt-get install -y -qq chromium chromium-driver" in ci
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(req.startswith("selenium") for req in extra["test"])
+    assert "python3 -m pytest" in ci.splitlines()[-1]

@@ -16,6 +16,7 @@ request it does not answer.
 from __future__ import annotations
 
 import importlib.resources
+import logging
 import re
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from starlette.responses import FileResponse, HTMLResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve.metrics import GRAFANA_DASHBOARD, prometheus_targets
+
+log = logging.getLogger("ray.serve")
 
 PLAYGROUND = importlib.resources.files("serve").joinpath("static", "playground.html")
 ROOT_PLACEHOLDER = "__API_ROOT__"
@@ -76,12 +79,15 @@ def _route_path(scope: Scope) -> tuple[str, str]:
 class BrowserPages:
     """Pure ASGI middleware answering the playground, the docs page and its assets."""
 
-    def __init__(self, app: ASGIApp, title: str, openapi_url: str, docs_url: str):
+    def __init__(
+        self, app: ASGIApp, title: str, openapi_url: str, docs_url: str, swagger: Path | None
+    ):
         self.app = app
         self.title = title
         self.openapi_url = openapi_url
         self.docs_url = docs_url
-        self.assets = f"{docs_url}/assets/{swagger_dir().name}/"
+        self.swagger = swagger  # None: leave /docs to FastAPI
+        self.assets = f"{docs_url}/assets/{swagger.name}/" if swagger else None
         self.page = PLAYGROUND.read_text(encoding="utf-8")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -99,22 +105,24 @@ class BrowserPages:
                 return None
             page = self.page.replace(ROOT_PLACEHOLDER, root + "/")
             return HTMLResponse(page, headers={"Vary": "Accept", "Cache-Control": "no-cache"})
+        if self.assets is None:
+            return None
         if path == self.docs_url:
             return self.docs(root)
         if path.startswith(self.assets):
-            media = SWAGGER_FILES.get(path[len(self.assets) :])
+            name = path[len(self.assets) :]
+            media = SWAGGER_FILES.get(name)
             if media is None:
                 return None  # the API's own 404
-            name = path[len(self.assets) :]
             return FileResponse(
-                swagger_dir() / name,
+                self.swagger / name,
                 media_type=media,
                 headers={"Cache-Control": "public, max-age=86400"},
             )
         return None
 
     def docs(self, root: str) -> HTMLResponse:
-        assets = root + self.assets
+        assets = root + str(self.assets)
         return get_swagger_ui_html(
             openapi_url=root + self.openapi_url,
             title=f"{self.title} - Swagger UI",
@@ -132,11 +140,25 @@ def add_ui_routes(app: FastAPI) -> None:
     (the API-key check included) has been added, so that these pages answer first."""
     if not (app.docs_url and app.openapi_url):
         raise ValueError("the docs page needs FastAPI's docs_url and openapi_url")
-    # FastAPI's own /docs route points at a CDN; the middleware answers /docs instead.
-    routes = app.router.routes
-    routes[:] = [r for r in routes if getattr(r, "path", None) != app.docs_url]
+    try:
+        swagger: Path | None = swagger_dir()
+    except ImportError:
+        # A stale environment (pip install not re-run): the API and playground still work.
+        swagger = None
+        log.warning(
+            "swagger-ui-bundle-v2 is not installed: /docs loads Swagger UI from a CDN "
+            "(pip install -e . installs it)"
+        )
+    else:
+        # FastAPI's own /docs route points at a CDN; the middleware answers /docs instead.
+        routes = app.router.routes
+        routes[:] = [r for r in routes if getattr(r, "path", None) != app.docs_url]
     app.add_middleware(
-        BrowserPages, title=app.title, openapi_url=app.openapi_url, docs_url=app.docs_url
+        BrowserPages,
+        title=app.title,
+        openapi_url=app.openapi_url,
+        docs_url=app.docs_url,
+        swagger=swagger,
     )
 
 

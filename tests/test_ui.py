@@ -103,6 +103,14 @@ def test_docs_load_every_asset_from_the_app(clf, tiny_model):
         assert '"validatorUrl": null' in docs.text  # no badge from validator.swagger.io
 
 
+def test_without_the_swagger_package_the_app_still_starts(clf, tiny_model, monkeypatch):
+    # a stale environment (pyproject's new dependency not installed): nothing breaks
+    monkeypatch.setitem(sys.modules, "swagger_ui_bundle", None)  # import -> ImportError
+    with client(make_app(clf, tiny_model)) as http:
+        assert http.get("/", headers={"accept": BROWSER_ACCEPT}).status_code == 200
+        assert http.get("/docs").status_code == 200  # FastAPI's own page, from its CDN
+
+
 def test_with_an_api_key_the_pages_load_and_the_api_still_needs_the_key(clf, tiny_model):
     with client(make_app(clf, tiny_model, api_key=KEY)) as http:
         assert http.get("/", headers={"accept": BROWSER_ACCEPT}).status_code == 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import subprocess
@@ -13,6 +14,20 @@ ROOT = Path(__file__).resolve().parent.parent
 FULL_MODEL = ROOT / ".bench" / "full"
 RESULTS = Path(__file__).resolve().parent / "results"
 LABELS = ["politics", "sports", "technology", "health", "business"]
+
+# pyproject.toml's `bench` extra as import names (tests/test_newcomer.py keeps them equal).
+BENCH_EXTRA = ("httpx", "matplotlib", "pandas", "psutil")
+
+
+def require_extra(extra: str = "bench", modules: tuple[str, ...] = BENCH_EXTRA) -> None:
+    """Exit with the install command when a module of `extra` is missing, before a benchmark
+    fails on its first import with a bare `No module named ...`. Standard library only."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        sys.exit(
+            f"error: the benchmarks need the '{extra}' extra ({', '.join(missing)} not "
+            f"installed): pip install -e '.[{extra}]'"
+        )
 
 
 def ensure_full_model(path: Path = FULL_MODEL) -> str:

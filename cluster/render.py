@@ -1,8 +1,12 @@
 """Render the KubeRay manifests (ray.io/v1) of cluster/kuberay/ from serve/config.yaml.
 
-    python -m cluster.render          # rewrite cluster/kuberay/{rayservice,rayjob,raycluster}.yaml
-    python -m cluster.render --check  # exit 1 when a committed manifest is out of date
-    python -m cluster.render --image my.registry/zeroshot:0.1.0 --out /tmp/manifests
+    zeroshot render          # rewrite cluster/kuberay/{rayservice,rayjob,raycluster}.yaml
+    zeroshot render --check  # exit 1 when a committed manifest is out of date
+    zeroshot render --image my.registry/zeroshot:0.1.0 --out /tmp/manifests \
+        --input s3://b/in/ --output s3://b/out/ --labels "spam,ham" --text-column body
+
+(`python -m cluster.render` is the same command.) serve/config.yaml is read from the installed
+`serve` package, so it runs from any directory.
 
 The RayService's `serveConfigV2` is serve/config.yaml, verbatim (comments included), so the
 file you `serve deploy` locally is the one KubeRay deploys. Its GPU worker group is sized from
@@ -17,10 +21,11 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib.resources
 import math
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +34,15 @@ import yaml
 from pipelines.cli import command_line
 from pipelines.config import JobConfig
 from serve.config import CLASSIFIER_NAME, INGRESS_NAME, AppConfig
+from zeroshot.errors import ZeroShotError
+from zeroshot.requests import ClassificationRequest
 
-REPO = Path(__file__).resolve().parent.parent
-SERVE_CONFIG = REPO / "serve" / "config.yaml"
-OUT_DIR = REPO / "cluster" / "kuberay"
+# Package data of `serve` (the same file in a checkout, an editable install or a wheel).
+SERVE_CONFIG = Path(str(importlib.resources.files("serve").joinpath("config.yaml")))
+# The committed manifests beside this file in a checkout; ./kuberay where there are none
+# (an installed wheel ships no manifests, and its site-packages is no place to write).
+_BESIDE = Path(__file__).resolve().parent / "kuberay"
+OUT_DIR = _BESIDE if _BESIDE.is_dir() else Path("kuberay")
 
 RAY_VERSION = "2.60.0"
 CLASSIFIER = CLASSIFIER_NAME
@@ -576,16 +586,84 @@ def check_resources(manifest: dict, serve_config: dict | None = None) -> list[st
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+# The RayJob's options (`JobConfig` fields): flag -> (field, type); help from the field.
+_JOB_OPTIONS = {
+    "--input": ("input", str),
+    "--output": ("output", str),
+    "--labels": ("labels", str),
+    "--text-column": ("text_column", str),
+    "--id-column": ("id_column", str),
+    "--template": ("hypothesis_template", str),
+    "--num-actors": ("num_actors", int),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`zeroshot render`'s options (also `python -m cluster.render`)."""
+    parser.description = __doc__.splitlines()[0]
     parser.add_argument("--check", action="store_true", help="compare, write nothing")
     parser.add_argument("--image", default=Settings.image, help="container image of every pod")
-    parser.add_argument("--serve-config", type=Path, default=SERVE_CONFIG)
+    parser.add_argument(
+        "--serve-config",
+        type=Path,
+        default=SERVE_CONFIG,
+        help="Serve config the RayService deploys verbatim",
+    )
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="output directory")
-    args = parser.parse_args(argv)
+    job = example_job()
+    group = parser.add_argument_group("the RayJob's `zeroshot score` (default: an example job)")
+    for flag, (name, kind) in _JOB_OPTIONS.items():
+        default = getattr(job, name)
+        if isinstance(default, list):
+            default = ",".join(default)
+        description = JobConfig.model_fields[name].description or ""
+        if name == "id_column":
+            description += " Give '' for None."
+        group.add_argument(flag, type=kind, default=default, help=description.replace("%", "%%"))
+    group.add_argument(
+        "--multi-label",
+        action="store_true",
+        default=job.multi_label,
+        help=JobConfig.model_fields["multi_label"].description,
+    )
 
-    settings = Settings(image=args.image)
-    files = render(settings, args.serve_config.read_text())
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """`Settings` with the image and the RayJob's job the options ask for (typed errors from
+    `JobConfig` validation, e.g. empty labels)."""
+    job = example_job()
+    update = {
+        name: getattr(args, flag[2:].replace("-", "_")) for flag, (name, _) in _JOB_OPTIONS.items()
+    }
+    update["multi_label"] = args.multi_label
+    if not update["id_column"]:
+        update["id_column"] = None  # --id-column '': Ray Data's row hash
+    job = JobConfig.model_validate({**job.model_dump(), **update})
+    # The job's own request checks (labels, template) now, not when the RayJob starts.
+    ClassificationRequest.create(["probe"], job.labels, job.hypothesis_template)
+    return replace(Settings(image=args.image), job=job)
+
+
+def main(argv: list[str] | argparse.Namespace | None = None) -> int:
+    """Write (or with --check compare) the manifests; `argv` is a command line or, from
+    `zeroshot render`, its parsed options."""
+    if isinstance(argv, argparse.Namespace):
+        args = argv
+    else:
+        from zeroshot.cli import HelpFormatter
+
+        parser = argparse.ArgumentParser(
+            prog="python -m cluster.render", formatter_class=HelpFormatter
+        )
+        add_arguments(parser)
+        args = parser.parse_args(argv)
+
+    try:
+        files = render(settings_from_args(args), args.serve_config.read_text())
+    except ValueError as exc:  # bad options: typed errors, pydantic's, inconsistent manifests
+        kind = f" ({exc.type.value})" if isinstance(exc, ZeroShotError) else ""
+        print(f"error{kind}: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
     stale = []
     for name, text in files.items():
         path = args.out / name
@@ -604,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(text)
             print(f"wrote {path}")
     if args.check and stale:
-        print(f"out of date: {', '.join(stale)}; run python -m cluster.render", file=sys.stderr)
+        print(f"out of date: {', '.join(stale)}; run zeroshot render", file=sys.stderr)
         return 1
     return 0
 

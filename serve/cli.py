@@ -65,6 +65,7 @@ def main(args: argparse.Namespace) -> int:
     from ray import serve
 
     from serve.app import build, cluster_gpus
+    from serve.ui import banner
 
     started_ray = False
     if args.address is None:
@@ -89,6 +90,7 @@ def main(args: argparse.Namespace) -> int:
         shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         url = f"http://{shown}:{args.port}"
         print(f"serving {cfg.model} at {url}/  (docs: {url}/docs)  - Ctrl-C to stop", flush=True)
+        print(banner(url, local=started_ray), flush=True)
         while True:
             time.sleep(1)
     except KeyboardInterrupt:

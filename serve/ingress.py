@@ -25,7 +25,7 @@ from starlette.requests import ClientDisconnect
 
 from serve.config import INGRESS_NAME, AppConfig
 from serve.errors import error_response, to_error
-from serve.metrics import Metrics, ingress_metrics
+from serve.metrics import Metrics, ingress_metrics, metrics_info
 from serve.schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -34,6 +34,7 @@ from serve.schemas import (
     LabelScore,
     parse,
 )
+from serve.ui import add_ui_routes
 from zeroshot.config import DEFAULT_TEMPLATE
 from zeroshot.errors import BodyTooLargeError, ErrorType, InvalidJSONError, UnauthorizedError
 
@@ -171,6 +172,7 @@ class Service:
             "limits": {**cfg.limits.model_dump(), "max_body_bytes": cfg.max_body_bytes},
             "batching": remote.get("batching"),
             "auth": cfg.resolved_api_key() is not None,
+            "metrics": await asyncio.to_thread(metrics_info),  # ray.nodes() asks the GCS
         }
 
     def failed(self, exc: BaseException) -> JSONResponse:
@@ -307,6 +309,7 @@ def create_api(service: Service) -> FastAPI:
     key = cfg.resolved_api_key()
     if key:
         app.add_middleware(ApiKeyMiddleware, key=key)
+    add_ui_routes(app)  # playground at GET / (browsers), offline /docs; last: outermost
     return app
 
 

@@ -103,3 +103,38 @@ def classifier_metrics() -> Metrics:
         ],
         ["zeroshot_batches", "zeroshot_pairs", "zeroshot_tokens", "zeroshot_padded_tokens"],
     )
+
+
+# Where to look: the Grafana dashboard of the series above (Ray's own Serve dashboards cover
+# replicas, queues and HTTP status codes).
+GRAFANA_DASHBOARD = "cluster/grafana/zeroshot-dashboard.json"
+
+
+def prometheus_targets() -> list[str]:
+    """Where Prometheus scrapes these series: Ray's metrics agent on every live node (each
+    node exports what its replicas recorded; Prometheus sums them). Empty outside Ray.
+
+    Not an app route on purpose: one ingress replica, picked by the load balancer, could
+    only show its own node's share, never the classifier's GPU nodes.
+    """
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return []
+        return sorted(
+            f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+            for node in ray.nodes()
+            if node.get("Alive") and node.get("MetricsExportPort")
+        )
+    except Exception:  # noqa: BLE001 - telling where metrics are must never break a route
+        return []
+
+
+def metrics_info() -> dict:
+    """The `metrics` entry of GET /v1/info."""
+    return {
+        "prometheus": prometheus_targets(),
+        "series": "ray_zeroshot_*",
+        "grafana_dashboard": GRAFANA_DASHBOARD,
+    }

@@ -18,7 +18,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_the_subcommands():
     out = run("--help")
     assert out.returncode == 0
-    for cmd in ("classify", "make-test-model", "serve", "score"):
+    for cmd in ("classify", "make-test-model", "serve", "score", "render"):
         assert cmd in out.stdout
 
 

@@ -11,6 +11,8 @@ from serve.errors import STATUS, error_response
 from zeroshot import ClassificationRequest, Limits, ZeroShotClassifier
 from zeroshot.errors import (
     DeviceOutOfMemoryError,
+    DuplicateLabelsError,
+    EmptyLabelError,
     ErrorType,
     HypothesisTooLongError,
     InvalidInputError,
@@ -43,6 +45,12 @@ def clf(tiny_model) -> ZeroShotClassifier:
         ("text", " , ,", "This is {}.", NoLabelsError),
         ("text", None, "This is {}.", NoLabelsError),
         ("text", ["a", 3], "This is {}.", NoLabelsError),
+        ("text", ["a", ""], "This is {}.", EmptyLabelError),
+        ("text", ["a", " \t"], "This is {}.", EmptyLabelError),
+        ("text", "a,a", "This is {}.", DuplicateLabelsError),
+        ("text", " a , b,a", "This is {}.", DuplicateLabelsError),
+        ("text", ["a", "a"], "This is {}.", DuplicateLabelsError),
+        ("text", ["a", "a "], "This is {}.", DuplicateLabelsError),
         ("", ["a"], "This is {}.", NoTextError),
         ([], ["a"], "This is {}.", NoTextError),
         (["ok", ""], ["a"], "This is {}.", NoTextError),
@@ -72,6 +80,7 @@ def test_bad_input_raises_typed_error(clf, sequences, labels, template, error):
 def test_error_types_map_to_documented_codes():
     assert STATUS[ErrorType.INVALID_JSON] == 400
     assert STATUS[ErrorType.NO_LABELS] == 422
+    assert STATUS[ErrorType.INVALID_LABELS] == 422  # empty or duplicate labels
     assert STATUS[ErrorType.TOO_MANY_LABELS] == 413
     assert STATUS[ErrorType.BODY_TOO_LARGE] == 413
     assert STATUS[ErrorType.UNAUTHORIZED] == 401
@@ -107,6 +116,18 @@ def test_errors_survive_pickling():
     assert isinstance(busy, OverloadedError) and busy.retry_after_s == 7
 
 
+def test_label_messages_name_the_label(clf):
+    with pytest.raises(DuplicateLabelsError, match="'sports' is given more than once"):
+        clf("text", "sports, politics, sports")
+    with pytest.raises(EmptyLabelError, match="candidate label 1 ") as info:
+        clf("text", ["sports", ""])
+    assert info.value.type is ErrorType.INVALID_LABELS
+
+
+def test_empty_pieces_of_a_label_string_are_dropped_as_the_pipeline_does(clf):
+    assert clf("text", "a,,b, ")["labels"].__len__() == 2
+
+
 def test_template_check_matches_pipeline_rule():
     # the pipeline accepts any template that changes when formatted, e.g. positional {0}
     req = ClassificationRequest.create("t", ["a"], "It is about {0}.")
@@ -120,7 +141,15 @@ def test_unreachable_hub_names_the_model_and_local_path(monkeypatch, tmp_path):
         ZeroShotClassifier.from_pretrained("valhalla/distilbart-mnli-12-1", dtype="float32")
     msg = info.value.message
     assert "valhalla/distilbart-mnli-12-1" in msg and "local" in msg and "--model" in msg
+    # the command the installed huggingface_hub ships (not the retired huggingface-cli)
+    assert "hf download valhalla/distilbart-mnli-12-1 --local-dir DIR" in msg
+    assert "HF_HUB_OFFLINE=1" in msg
     assert isinstance(info.value, ZeroShotError)
+
+
+def test_a_path_that_is_not_there_is_named_as_such(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such directory"):
+        ZeroShotClassifier.from_pretrained(str(tmp_path / "typo"), dtype="float32")
 
 
 def test_local_directory_without_model(tmp_path):

@@ -1,8 +1,9 @@
-"""`zeroshot` command line: classify, make-test-model, serve (Ray Serve), score (Ray Data).
+"""`zeroshot` command line: classify, make-test-model, serve (Ray Serve), score (Ray Data),
+render (KubeRay manifests).
 
-`serve` and `score` live in the `serve` and `pipelines` packages; only the module of the
-subcommand being run is imported, so `zeroshot classify` and `zeroshot --help` never import
-Ray. Options that set a config field are declared by that field (`zeroshot.flags`).
+`serve`, `score` and `render` live in the `serve`, `pipelines` and `cluster` packages; only the
+module of the subcommand being run is imported, so `zeroshot classify` and `zeroshot --help`
+never import Ray. Options that set a config field are declared by that field (`zeroshot.flags`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,43 @@ import sys
 _PLUGINS = {
     "serve": ("serve.cli", "run the Ray Serve app (HTTP) until interrupted"),
     "score": ("pipelines.cli", "score a Parquet dataset with Ray Data, writing Parquet"),
+    "render": ("cluster.render", "write the KubeRay manifests (RayService, RayJob, RayCluster)"),
 }
+
+DISTRIBUTION = "zeroshot-serving"
+
+SIZES_HELP = (
+    "tiny: 2 encoder layers, d_model 64, a 2000-token vocabulary (about 1 MB; built in a "
+    "second, for tests); full: valhalla/distilbart-mnli-12-1's exact shape (12 encoder "
+    "layers, 1 decoder layer, d_model 1024, 50265 tokens; about 900 MB of float32 weights, "
+    "for benchmarks). Both use random weights and a BART-style tokenizer trained here."
+)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help, except where there is none worth showing (None,
+    False) or the help already states it (the config flags of `zeroshot.flags`)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "(default: " in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def version() -> str:
+    """This distribution's version, and those of the libraries answers depend on (read from
+    the installed metadata: nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    def of(name: str) -> str:
+        try:
+            return installed(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    deps = ", ".join(f"{name} {of(name)}" for name in ("ray", "torch", "transformers"))
+    return f"{DISTRIBUTION} {of(DISTRIBUTION)} ({deps})"
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -24,28 +61,41 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from zeroshot.config import DEFAULT_TEMPLATE, ModelConfig
     from zeroshot.flags import MODEL_FLAGS, add_flags
 
-    parser = argparse.ArgumentParser(prog="zeroshot", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="zeroshot", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=version())
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("classify", help="classify one text locally (no Ray)")
+    def add_parser(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=HelpFormatter
+        )
+
+    p = add_parser("classify", "classify one text locally (no Ray)")
     p.add_argument("text")
     p.add_argument("--labels", required=True, help='candidate labels, e.g. "a,b,c"')
     p.add_argument("--template", default=DEFAULT_TEMPLATE, help="hypothesis template with {}")
-    p.add_argument("--multi-label", action="store_true")
+    p.add_argument(
+        "--multi-label",
+        action="store_true",
+        help="score each label on its own (entailment vs contradiction) instead of a softmax "
+        "across labels",
+    )
     add_flags(p, ModelConfig, MODEL_FLAGS)
 
-    p = sub.add_parser("make-test-model", help="write a random-weight BART model for tests")
+    p = add_parser("make-test-model", "write a random-weight BART model for tests")
     p.add_argument("directory")
-    p.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    p.add_argument("--size", choices=["tiny", "full"], default="tiny", help=SIZES_HELP)
     p.add_argument(
         "--labels",
         default="contradiction,neutral,entailment",
         help="label names in id order (comma-separated)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
 
     for name, (module, help_text) in _PLUGINS.items():
-        p = sub.add_parser(name, help=help_text)
+        p = add_parser(name, help_text)
         if name == command:
             importlib.import_module(module).add_arguments(p)
     return parser

@@ -103,6 +103,14 @@ class InvalidLabelsError(InvalidInputError):
     type = ErrorType.INVALID_LABELS
 
 
+class EmptyLabelError(InvalidLabelsError):
+    """A label with no text: its hypothesis would be the bare template."""
+
+
+class DuplicateLabelsError(InvalidLabelsError):
+    """A label given twice: the copies would be scored twice and compete with each other."""
+
+
 class NoTextError(InvalidInputError):
     type = ErrorType.NO_TEXT
 

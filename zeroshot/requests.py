@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from zeroshot.config import DEFAULT_TEMPLATE, Limits
 from zeroshot.errors import (
+    DuplicateLabelsError,
+    EmptyLabelError,
     InvalidTemplateError,
     InvalidTextError,
     NoLabelsError,
@@ -30,6 +32,28 @@ def parse_labels(candidate_labels: str | Sequence[str] | None) -> list[str]:
                 f"every candidate label must be a string, got {type(label).__name__}."
             )
     return labels
+
+
+def check_labels(labels: Sequence[str]) -> None:
+    """Refuse an empty (or whitespace-only) label and a label given twice.
+
+    A comma-separated string drops its empty pieces (the pipeline's rule), so `"a,,b"` is fine;
+    a list is taken as given, so `["a", ""]` is refused rather than scored with an empty
+    hypothesis. Duplicates are compared stripped: `["a", "a "]` is the same label twice.
+    """
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        key = label.strip()
+        if not key:
+            raise EmptyLabelError(
+                f"candidate label {i} ({label!r}) is empty: every label needs some text."
+            )
+        if key in seen:
+            raise DuplicateLabelsError(
+                f"candidate label {key!r} is given more than once (labels {seen[key]} and {i}): "
+                "give each label once (copies are scored twice and, single-label, split one score)."
+            )
+        seen[key] = i
 
 
 def format_hypothesis(template: str, label: str) -> str:
@@ -80,6 +104,7 @@ class ClassificationRequest:
         labels = parse_labels(candidate_labels)
         if not labels:
             raise NoLabelsError("give at least one candidate label.")
+        check_labels(labels)
         if len(labels) > limits.max_labels:
             raise TooManyLabelsError(
                 f"{len(labels)} candidate labels in one request; the limit is {limits.max_labels}."

@@ -1,4 +1,4 @@
-"""The engine on one GPU, measured in one prepared run: every figure of issue 10 side by side.
+r"""The engine on one GPU, measured in one prepared run: every figure of issue 10 side by side.
 
 In one run, on one card, with the same seeded texts (benchmarks.common.seeded_texts, the
 realistic length mix, and a fixed set of pairs of exactly 128 tokens), 5 labels:
@@ -40,18 +40,22 @@ On a lent GPU (the device tool; see cluster/README.md, "Measuring on a lent GPU"
 session, in the repository root of the session's checkout (.device/ is git-ignored):
 
     bash /work/shared/gpu/pack-ray.sh .device
-    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \\
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --platform manylinux_2_5_x86_64 -d .device py-spy==0.4.3
 
-then one device call with carry [".device"] and timeout_s 480:
+then one device call (`run`) with carry [".device"], timeout_s 480, no kind, this command:
 
-    mkdir -p /tmp/site && tar -xJf .device/ray-site.tar.xz -C /tmp/site &&
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .device/*.whl;
-    export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1;
-    set -o pipefail; python3 -m benchmarks.gpu --out $OUT 2>&1 | tee $OUT/run.log
+    mkdir -p /tmp/site /tmp/pyspy && tar -xJf .device/ray-site.tar.xz -C /tmp/site && \
+    { python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .device/py_spy-*.whl \
+    || true; } && export PYTHONPATH=$PWD:/tmp/site PATH=/tmp/pyspy/bin:/tmp/site/bin:$PATH \
+    PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 && set -o pipefail && { python3 -m pytest -q \
+    -p no:cacheprovider tests/test_backends.py -k cuda; python3 -m benchmarks.gpu --out $OUT; } \
+    2>&1 | tee $OUT/run.log
 
-The results land in $OUT (gpu.json, gpu.png, run.log, trace_*.json.gz, pyspy.txt); copy
-gpu.json and gpu.png from the reply's files_at to benchmarks/results/.
+(cluster/README.md has it on one line.) About 6 minutes once the machine is up (budget 360 s
+for the phases). The results land in $OUT, returned under the reply's files_at: gpu.json,
+gpu.png, run.log, trace_{bare,engine,pipeline}.json.gz, pyspy.txt; copy gpu.json and gpu.png
+to benchmarks/results/ (git add -f: that directory is ignored).
 """
 
 from __future__ import annotations
@@ -107,13 +111,13 @@ SIZES = {
         "sweep": ((32768, 512), (65536, 1024)),
         "profile_texts": 300,
         "offline_rows": 200_000,
-        "offline_caps_s": {"null": 45.0, "torch": 80.0},
+        "offline_caps_s": {"null": 40.0, "torch": 75.0},
         "serve_backends": ("null", "torch"),
         "serve_levels": {(1, 4): (64, 256), (16, 8): (16, 64)},
         "serve_procs": 4,
         "serve_warmup_s": 2.0,
         "serve_window_s": 5.0,
-        "budget_s": 420.0,
+        "budget_s": 360.0,
     },
     "quick": {
         "mix_texts": 16,
@@ -1017,9 +1021,15 @@ def measure(run: Run, args, mode: str, sizes: dict, work: Path) -> None:
         run.save()
         return r
 
-    def bare(key, dtype, pairs, b=batching, **options):
+    def bare(key, dtype, pairs, b=batching, same_as=None, **options):
+        """`same_as`: a run on the same pairs and dtype whose logits these must reproduce."""
+
         def fn():
             res, logits = bare_run(make_backend(state[dtype], **options), pairs, b, repeats, peak)
+            state[f"logits_{key}"] = logits
+            other = state.get(f"logits_{same_as}")
+            if other is not None:
+                res[f"max_abs_logit_diff_vs_{same_as}"] = float(np.abs(logits - other).max())
             return res
 
         return variant(key, fn)
@@ -1098,8 +1108,10 @@ def measure(run: Run, args, mode: str, sizes: dict, work: Path) -> None:
             bare("bare", half, mix)
             bare("bare_fixed", half, fixed_pairs)
             bare("bare_transformers", half, mix, fast_forward=False)
-            bare("bare_cuda_graphs", half, mix, cuda_graphs=True)
-            bare("bare_fixed_cuda_graphs", half, fixed_pairs, cuda_graphs=True)
+            bare("bare_cuda_graphs", half, mix, same_as="bare", cuda_graphs=True)
+            bare(
+                "bare_fixed_cuda_graphs", half, fixed_pairs, same_as="bare_fixed", cuda_graphs=True
+            )
             if cuda:
                 bare("bare_float16", "float16", mix)
             bare("bare_subset", half, subset)
@@ -1179,15 +1191,6 @@ def measure(run: Run, args, mode: str, sizes: dict, work: Path) -> None:
             )
             d["agreement"] = ag
 
-    missing = "--skip-ray" if args.skip_ray else ray_missing()
-    if missing:
-        for key in ("offline_pairs_s", "serve_pairs_s"):
-            run.skipped[key] = missing
-    else:
-        if cuda:
-            torch.cuda.empty_cache()  # the Ray phases' own processes need the device
-        ray_phases(run, work, model, sizes)
-
     with run.phase("profiles", 15) as ok:
         if ok:
             sub = texts[: sizes["profile_texts"]]
@@ -1208,6 +1211,15 @@ def measure(run: Run, args, mode: str, sizes: dict, work: Path) -> None:
             kernels = [r["name"] for r in prof["bare"]["top"]]
             marks = ("fmha", "flash", "attention", "cudnn", "efficient")
             d["attention_kernels"] = [k for k in kernels if any(m in k.lower() for m in marks)]
+
+    missing = "--skip-ray" if args.skip_ray else ray_missing()
+    if missing:
+        for key in ("offline_pairs_s", "serve_pairs_s"):
+            run.skipped[key] = missing
+    else:
+        if cuda:
+            torch.cuda.empty_cache()  # the Ray phases' own processes need the device
+        ray_phases(run, work, model, sizes)
 
     with run.phase("bare_sweep", 20) as ok:
         if ok:  # larger batches than the engine's default, for tuning the GPU default

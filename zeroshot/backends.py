@@ -10,6 +10,7 @@ queued while the device still computes the current one (CUDA kernels run asynchr
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -115,7 +116,10 @@ class TorchBackend:
 
     def encode_core(self, inputs: TorchBatch):
         torch = self._torch
-        with torch.inference_mode():
+        # The model's device as the current one: events, streams and graph captures follow
+        # it (a replica may hold cuda:1 while this thread's current device is cuda:0).
+        on_device = torch.cuda.device(self.torch_device) if self._cuda else nullcontext()
+        with torch.inference_mode(), on_device:
             if self._graphs is not None:
                 logits = self._graphs(*inputs)
             elif self._fast is not None:
@@ -144,8 +148,6 @@ class TorchBackend:
         return host.numpy().copy()
 
     def check(self) -> None:
-        from contextlib import nullcontext
-
         # Not while a CUDA graph is being captured on this device (it would void the capture).
         with self._graphs.lock if self._graphs is not None else nullcontext():
             x = self._torch.ones(2, device=self.torch_device)

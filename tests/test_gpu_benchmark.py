@@ -176,3 +176,32 @@ def test_http_client_reads_plain_and_chunked_answers():
 
     got = asyncio.run(scenario())
     assert got == [(200, body, False), (200, body, False), (503, b"", True)]
+
+
+def test_gpu_sampler_reads_nvidia_smi_lines(tmp_path, monkeypatch):
+    """The sampler's parsing and windows, against a stand-in `nvidia-smi` on PATH that prints
+    the query's CSV format (no GPU here); its own timestamps place the samples."""
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(
+        "#!/bin/sh\n"
+        "while true; do\n"
+        '  echo "$(date +"%Y/%m/%d %H:%M:%S.%3N"), 57, 12, 1024, [N/A], 1980"\n'
+        "  sleep 0.05\n"
+        "done\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    import time
+
+    sampler = gpu.GpuSampler()
+    assert sampler.available
+    t0 = time.time()
+    sampler.start()
+    time.sleep(1.0)
+    sampler.stop()
+    t1 = time.time()
+    w = sampler.window(t0 - 0.5, t1 + 0.5)
+    assert w["samples"] >= 5
+    assert w["util_mean"] == w["util_max"] == 57.0 and w["memory_used_mib_max"] == 1024.0
+    assert w["power_w_mean"] is None  # [N/A] throughout is unknown, not zero
+    assert sampler.window(t1 + 60, t1 + 120) == {"samples": 0}

@@ -59,13 +59,18 @@ def seeded_texts(n: int, seed: int = 0) -> list[str]:
     return texts
 
 
-def bare_limit(model_dir: str, dtype: str, pairs, batching=None, device: str = "cpu") -> dict:
+def bare_limit(
+    model_dir: str, dtype: str, pairs, batching=None, device: str = "cpu", **options
+) -> dict:
     """Forward-pass throughput with no overhead: pre-tokenized pairs (a `Pairs`), length-sorted
     batches padded and on the device before the clock starts; only the forward passes (and
-    reading their logits back) are timed."""
+    reading their logits back) are timed. `options`: more `ModelConfig` fields (e.g.
+    fast_forward=False for transformers' own forward)."""
+    from zeroshot import ModelConfig
     from zeroshot.score import Scorer, pad_batch, plan_batches
 
-    scorer = Scorer.from_pretrained(model_dir, device=device, dtype=dtype, batching=batching)
+    cfg = ModelConfig(model=model_dir, device=device, dtype=dtype, **options)
+    scorer = Scorer.from_config(cfg, batching=batching)
     backend = scorer.backend
     batches = [
         backend.encode_pre(*pad_batch(pairs, idx, padded, scorer.pad_token_id))
@@ -81,6 +86,7 @@ def bare_limit(model_dir: str, dtype: str, pairs, batching=None, device: str = "
         "seconds": seconds,
         "pairs_per_s": len(pairs) / seconds,
         "dtype": scorer.dtype,
+        "forward": getattr(backend, "forward", None),
         "batches": len(batches),
     }
 

@@ -2,15 +2,16 @@
 
 Each backend has exactly three steps, as infinity's engines do, and `Scorer` only calls those:
 `encode_pre` (a padded host batch onto the device), `encode_core` (the forward pass) and
-`encode_post` (logits back as float32 numpy). Kept apart, the next batch can be prepared while
-the device still computes the current one (CUDA kernels run asynchronously until
-`encode_post` reads the result).
+`encode_post` (logits back as float32 numpy). Kept apart, the next batch can be prepared and
+queued while the device still computes the current one (CUDA kernels run asynchronously until
+`encode_post` reads the result; `queue_depth` says how many may be queued).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from contextlib import nullcontext
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -23,6 +24,9 @@ class Backend(Protocol):
     device: str  # where it runs: 'cpu', 'cuda:0', ... or 'null'
     device_type: str  # 'cpu', 'cuda', ... or 'null'
     dtype: str
+    # Forward passes `Scorer` may queue before it reads the oldest one back: 0 where
+    # `encode_core` finishes the work itself (CPU, null), 1 where it only queues it (CUDA).
+    queue_depth: int
 
     def encode_pre(self, ids: np.ndarray, lengths: np.ndarray) -> Any:
         """`ids` [batch, padded] int64 (padding after each row's `lengths`) onto the device."""
@@ -37,13 +41,38 @@ class Backend(Protocol):
         """Raise when the device or model is unusable."""
 
 
-class TorchBackend:
-    """A transformers sequence classifier on a torch device."""
+class TorchBatch(NamedTuple):
+    """One padded batch on the backend's device: ids [B, T] int64 and row lengths [B] int64."""
 
-    def __init__(self, model):
+    input_ids: Any
+    lengths: Any
+
+
+class TorchBackend:
+    """A transformers sequence classifier on a torch device.
+
+    BART classifiers run through `zeroshot.fast_bart.FastBartClassifier` (exact, less work, no
+    host-device synchronisation) unless `fast_forward` is False or the model is one it cannot
+    run exactly; `forward` says which runs. On CUDA the three steps never wait for the device
+    except in `encode_post`:
+
+    - `encode_pre` writes ids and lengths into one pinned host buffer (torch's caching host
+      allocator: reused, and not handed out again while a copy from it is in flight) and
+      copies it with one non-blocking transfer; the mask and each row's last position are
+      derived from the lengths on the device.
+    - `encode_core` queues the forward and, behind it, a non-blocking copy of the logits into
+      pinned memory and an event.
+    - `encode_post` waits for that event only.
+
+    So `queue_depth` is 1 on CUDA: `Scorer` queues batch i+1 before it reads batch i, and the
+    device always has the next forward waiting while the host reads and prepares.
+    """
+
+    def __init__(self, model, fast_forward: bool = True, cuda_graphs: bool = False):
         import torch
 
         from zeroshot.devices import dtype_name
+        from zeroshot.fast_bart import FastBartClassifier, GraphedForward, supports
 
         self.model = model.eval()
         self.config = model.config
@@ -53,9 +82,15 @@ class TorchBackend:
         self.device = str(first.device)
         self.device_type = first.device.type
         self.dtype = dtype_name(first.dtype)
-        # Page-locked host memory lets the copy to the GPU run asynchronously.
-        self._pin = self.device_type == "cuda"
+        self._cuda = self.device_type == "cuda"
+        self.queue_depth = 1 if self._cuda else 0
         self._torch = torch
+        self._fast = FastBartClassifier(model) if fast_forward and supports(model) else None
+        self.forward = "fast" if self._fast is not None else "transformers"
+        self._graphs = None
+        if self._fast is not None and cuda_graphs and self._cuda:
+            self._graphs = GraphedForward(self._fast.forward_lengths)
+            self.forward = "fast+cuda_graphs"
 
     @classmethod
     def load(cls, cfg: ModelConfig, gpu_ids=None) -> TorchBackend:
@@ -63,30 +98,61 @@ class TorchBackend:
         from zeroshot.loading import load_model
 
         device = resolve_device(cfg.device, gpu_ids)
-        return cls(load_model(cfg.model, cfg.revision, device, resolve_dtype(cfg.dtype, device)))
+        model = load_model(cfg.model, cfg.revision, device, resolve_dtype(cfg.dtype, device))
+        return cls(model, fast_forward=cfg.fast_forward, cuda_graphs=cfg.cuda_graphs)
 
-    def encode_pre(self, ids: np.ndarray, lengths: np.ndarray):
+    def encode_pre(self, ids: np.ndarray, lengths: np.ndarray) -> TorchBatch:
         torch = self._torch
-        mask = (np.arange(ids.shape[1]) < lengths[:, None]).astype(np.int64)
-        host = (torch.from_numpy(ids), torch.from_numpy(mask))
-        if self._pin:
-            host = tuple(t.pin_memory() for t in host)
-        return tuple(t.to(self.torch_device, non_blocking=True) for t in host)
+        n, t = ids.shape
+        if not self._cuda:
+            lengths = np.asarray(lengths, dtype=np.int64)
+            return TorchBatch(torch.from_numpy(ids), torch.from_numpy(lengths))
+        host = torch.empty(n * t + n, dtype=torch.int64, pin_memory=True)
+        flat = host.numpy()
+        flat[: n * t].reshape(n, t)[...] = ids
+        flat[n * t :] = lengths
+        dev = host.to(self.torch_device, non_blocking=True)
+        return TorchBatch(dev[: n * t].view(n, t), dev[n * t :])
 
-    def encode_core(self, inputs):
-        input_ids, attention_mask = inputs
-        with self._torch.inference_mode():
-            return self.model(
-                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-            ).logits
+    def encode_core(self, inputs: TorchBatch):
+        torch = self._torch
+        # The model's device as the current one: events, streams and graph captures follow
+        # it (a replica may hold cuda:1 while this thread's current device is cuda:0).
+        on_device = torch.cuda.device(self.torch_device) if self._cuda else nullcontext()
+        with torch.inference_mode(), on_device:
+            if self._graphs is not None:
+                logits = self._graphs(*inputs)
+            elif self._fast is not None:
+                logits = self._fast.forward_lengths(*inputs)
+            else:
+                from zeroshot.fast_bart import lengths_to_mask
+
+                ids, lengths = inputs
+                mask = lengths_to_mask(lengths, ids.shape[1]).long()
+                logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            logits = logits.float()
+            if not self._cuda:
+                return logits
+            host = torch.empty(logits.shape, dtype=torch.float32, pin_memory=True)
+            host.copy_(logits, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            return host, done
 
     def encode_post(self, outputs) -> np.ndarray:
-        return outputs.float().cpu().numpy()
+        if not self._cuda:
+            return outputs.numpy()
+        host, done = outputs
+        done.synchronize()
+        # A copy: the pinned block goes back to torch's cache, not to the caller.
+        return host.numpy().copy()
 
     def check(self) -> None:
-        x = self._torch.ones(2, device=self.torch_device)
-        if float((x + x).sum().item()) != 4.0:
-            raise RuntimeError(f"device {self.device} returned a wrong result")
+        # Not while a CUDA graph is being captured on this device (it would void the capture).
+        with self._graphs.lock if self._graphs is not None else nullcontext():
+            x = self._torch.ones(2, device=self.torch_device)
+            if float((x + x).sum().item()) != 4.0:
+                raise RuntimeError(f"device {self.device} returned a wrong result")
 
 
 class NullBackend:
@@ -99,6 +165,7 @@ class NullBackend:
 
     device = device_type = "null"
     dtype = "float32"
+    queue_depth = 0
 
     def __init__(self, config, pairs_per_s: float | None = None):
         self.config = config

@@ -62,6 +62,21 @@ class ModelConfig(BaseModel):
         "per second would (e.g. 19500 for an H100), to see whether the rest keeps up; None "
         "answers at once.",
     )
+    fast_forward: bool = Field(
+        True,
+        description="With backend 'torch': run BART classifiers through zeroshot.fast_bart, "
+        "the exact throughput forward (the last decoder layer at the one position the head "
+        "reads, no host-device synchronisation); a model it cannot run exactly falls back to "
+        "transformers' own forward. False always runs transformers' forward (for debugging "
+        "and comparison).",
+    )
+    cuda_graphs: bool = Field(
+        False,
+        description="On CUDA with the fast forward: capture one CUDA graph per batch shape "
+        "(rows rounded up to a bucket, at most 128 graphs) and replay it instead of launching "
+        "every kernel from Python. Off by default until measured on a GPU "
+        "(python -m benchmarks.gpu reports both).",
+    )
 
 
 # A CPU forward pass costs in proportion to padded tokens, so small, tightly sorted batches

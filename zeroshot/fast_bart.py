@@ -19,8 +19,8 @@ It runs on the transformers model's own parameters (no copies) and returns the s
   heads and query positions, with no per-call mask building in Python.
 
 Shapes depend only on the input shapes and there is no Python control flow on tensor values,
-so a caller may wrap `forward` in `torch.compile` or capture it in a CUDA graph per padded
-shape; neither is done here.
+so the padded path can be captured in a CUDA graph per batch shape (`GraphedForward`, opt-in
+through `ModelConfig.cuda_graphs`) or wrapped in `torch.compile` (not done here).
 
 Inputs must be right-padded pairs `<s> text </s></s> hypothesis </s>` (as `zeroshot.score`
 builds them): position p of a row is at learned position p, and `last` is the index of the
@@ -40,11 +40,20 @@ GPU notes (not validated: written and tested on a CPU-only machine):
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FastBartClassifier", "last_token_index", "supports"]
+__all__ = [
+    "FastBartClassifier",
+    "GraphedForward",
+    "last_token_index",
+    "lengths_to_mask",
+    "row_bucket",
+    "supports",
+]
 
 
 def _bart_class():
@@ -92,6 +101,12 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     Call it on the host copy of the mask, before the batch goes to the device.
     """
     return attention_mask.sum(dim=1, dtype=torch.long) - 1
+
+
+def lengths_to_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
+    """Boolean right-padding mask [B, t] from row lengths [B], built where `lengths` lives (on
+    the device, the batch's only per-row data that needs to travel besides its ids)."""
+    return torch.arange(t, device=lengths.device) < lengths.view(-1, 1)
 
 
 def _linear(x: torch.Tensor, m: nn.Linear) -> torch.Tensor:
@@ -318,3 +333,91 @@ class FastBartClassifier(nn.Module):
         y = self.decode_last(input_ids, attention_mask, last, encoded)
         head = self.model.classification_head
         return _linear(torch.tanh(_linear(y, head.dense)), head.out_proj).float()
+
+    def forward_lengths(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """`forward` for right-padded rows given by their lengths [B] (int64, on the ids'
+        device): the mask and `last` are derived there, with no host round trip."""
+        return self(input_ids, lengths_to_mask(lengths, input_ids.shape[1]), lengths - 1)
+
+
+def row_bucket(rows: int) -> int:
+    """The row count a batch of `rows` is padded to for a CUDA graph: a multiple of an eighth
+    of the largest power of two not above it (exact up to 15, then steps of 2 from 16, 4 from
+    32, 8 from 64, ...), so padding adds under 1/8 of a batch and 8 buckets per doubling
+    cover any size."""
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    step = max(1, (1 << (rows.bit_length() - 1)) // 8)
+    return -(-rows // step) * step
+
+
+class GraphedForward:
+    """Replays one CUDA graph per batch shape (rows bucketed by `row_bucket`, padded length as
+    given) around `fn(input_ids [B, T] int64, lengths [B] int64) -> logits [B, labels]`.
+
+    A captured graph launches the whole forward (hundreds of kernels) in one call, so the host
+    stays far ahead of the device even for small batches. `fn` must read no tensor value on
+    the host (FastBartClassifier's padded path, `forward_lengths`). Extra rows are dummy
+    one-token rows (id 0, length 1), or the previous batch's rows of the same shape; their
+    logits are dropped. At most `max_graphs` shapes are captured (they share one memory
+    pool); other shapes run `fn` eagerly. With `capture=False` (the CPU, tests) every call
+    runs `fn` on the row-padded batch, which exercises the padding without a GPU.
+
+    All work is queued on the current stream, so replays, the input copies into the static
+    buffers and the caller's read of the (cloned) output are ordered without host waits.
+    """
+
+    def __init__(self, fn, max_graphs: int = 128, capture: bool | None = None):
+        self.fn = fn
+        self.max_graphs = max_graphs
+        self.capture = capture
+        self.graphs: dict[tuple[int, int], tuple] = {}
+        self.pool = None
+        self.eager_calls = 0  # shapes past max_graphs, for benchmarks
+        self.lock = threading.Lock()  # held while capturing (see TorchBackend.check)
+
+    def _pad(self, input_ids, lengths, rows):
+        b, t = input_ids.shape
+        ids = input_ids.new_zeros((rows, t))
+        lens = lengths.new_ones(rows)
+        ids[:b] = input_ids
+        lens[:b] = lengths
+        return ids, lens
+
+    def __call__(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        b, t = input_ids.shape
+        rows = row_bucket(b)
+        capture = input_ids.is_cuda if self.capture is None else self.capture
+        if not capture:
+            return self.fn(*self._pad(input_ids, lengths, rows))[:b]
+        entry = self.graphs.get((rows, t))
+        if entry is None:
+            if len(self.graphs) >= self.max_graphs:
+                self.eager_calls += 1
+                return self.fn(input_ids, lengths)
+            entry = self._capture(*self._pad(input_ids, lengths, rows))
+            self.graphs[rows, t] = entry
+        graph, static_ids, static_lengths, static_out = entry
+        static_ids[:b].copy_(input_ids, non_blocking=True)
+        static_lengths[:b].copy_(lengths, non_blocking=True)
+        graph.replay()
+        # A copy out of the shared pool: another shape's replay may reuse that memory.
+        return static_out[:b].clone()
+
+    def _capture(self, static_ids: torch.Tensor, static_lengths: torch.Tensor) -> tuple:
+        device = static_ids.device
+        with self.lock:
+            # Warm-up on a side stream (cuBLAS workspaces, autotuning), as the CUDA graph
+            # documentation prescribes, then capture.
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                self.fn(static_ids, static_lengths)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: CUDA calls of other threads (a health check) do not void it.
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+                static_out = self.fn(static_ids, static_lengths)
+            if self.pool is None:
+                self.pool = graph.pool()
+        return graph, static_ids, static_lengths, static_out

@@ -9,6 +9,7 @@ them, scores them in shared passes and splits the logits back per request.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -118,16 +119,22 @@ class Scorer:
         logits = np.empty((len(pairs), self.num_labels), dtype=np.float32)
         stats = ScoreStats(pairs=len(pairs), tokens=pairs.num_tokens)
         plan = plan_batches(pairs.lengths, self.batching) if len(pairs) else []
-        inputs = backend.encode_pre(*pad_batch(pairs, *plan[0], self.pad_token_id)) if plan else 0
-        for i, (indices, padded) in enumerate(plan):
-            outputs = backend.encode_core(inputs)
-            if i + 1 < len(plan):
-                # Prepared while the device still computes batch i (CUDA runs asynchronously).
-                inputs = backend.encode_pre(*pad_batch(pairs, *plan[i + 1], self.pad_token_id))
-            logits[indices] = backend.encode_post(outputs)
+        depth = getattr(backend, "queue_depth", 0)
+        queued: deque = deque()
+        for indices, padded in plan:
+            # On CUDA (depth 1) batch i+1 is prepared and queued behind batch i before batch
+            # i is read back, so the device never waits for the host between two batches.
+            inputs = backend.encode_pre(*pad_batch(pairs, indices, padded, self.pad_token_id))
+            queued.append((indices, backend.encode_core(inputs)))
+            while len(queued) > depth:
+                done, outputs = queued.popleft()
+                logits[done] = backend.encode_post(outputs)
             stats.batches += 1
             stats.padded_tokens += padded * len(indices)
             stats.batch_sizes.append(len(indices))
+        while queued:
+            done, outputs = queued.popleft()
+            logits[done] = backend.encode_post(outputs)
         stats.seconds = time.perf_counter() - t0
         return logits, stats
 

@@ -90,6 +90,8 @@ class InputFiles:
     pattern: str | None = None  # the glob, when the input was one
     single: bool = False  # the input named one file
     uri: str = ""  # the input as given, made absolute (what the output's parameters record)
+    # (rows, uncompressed bytes) of each row group of each file, from the footers.
+    row_groups: list[list[tuple[int, int]]] = field(default_factory=list)
 
     def would_read(self, directory: str) -> bool:
         """Whether a Parquet file written under `directory` would be part of this input on a
@@ -112,9 +114,14 @@ class InputFiles:
         ]
 
 
-def _hive_keys(path: str, base_dir: str) -> list[str]:
+def hive_values(path: str, base_dir: str) -> dict[str, str]:
+    """The `key=value` directories between `base_dir` and the file, in order."""
     rel = path[len(base_dir) :].strip("/") if path.startswith(base_dir) else ""
-    return [seg.split("=", 1)[0] for seg in rel.split("/")[:-1] if "=" in seg]
+    return dict(seg.split("=", 1) for seg in rel.split("/")[:-1] if "=" in seg)
+
+
+def _hive_keys(path: str, base_dir: str) -> list[str]:
+    return list(hive_values(path, base_dir))
 
 
 def read_footers(loc: Location, files: list[str]) -> list[pq.FileMetaData | BaseException]:
@@ -224,6 +231,13 @@ def resolve_input(uri: str) -> InputFiles:
         pattern=pattern if is_glob else None,
         single=not is_glob and files == [pattern],
         uri=loc.uri(loc.path),
+        row_groups=[
+            [
+                (m.row_group(i).num_rows, m.row_group(i).total_byte_size)
+                for i in range(m.num_row_groups)
+            ]
+            for m in footers
+        ],
     )
 
 

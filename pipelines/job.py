@@ -250,6 +250,8 @@ def prepare(config: JobConfig) -> Plan:
         id_column=id_column,
         output_columns=tuple(output_columns),
         params_json=params.to_json(),
+        tokenizer_json=frontend.tokenizer.backend_tokenizer.to_str(),
+        max_length=frontend.max_length,
     )
     return Plan(
         inputs,
@@ -299,11 +301,19 @@ def _connect(address: str | None) -> str:
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     # Ray's INFO lines ("Started a local Ray instance", ...) are not the job's news.
     quiet = {"logging_level": "WARNING", "log_to_driver": True}
-    if address == "local":
-        ray.init(address="local", include_dashboard=False, **quiet)
-        return "local"
-    ray.init(address=address, **quiet)
-    return "joined"
+    # ray.init replaces the SIGTERM handler with sys.exit; the CLI's (stop cleanly, say how
+    # to resume) is put back.
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        if address == "local":
+            ray.init(address="local", include_dashboard=False, **quiet)
+            return "local"
+        ray.init(address=address, **quiet)
+        return "joined"
+    finally:
+        if main and sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
 
 
 def _actors(config: JobConfig, local: bool) -> tuple[int, float, int]:
@@ -414,10 +424,10 @@ def _execute(
 ) -> JobSummary:
     import ray
     from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
-    from ray.data.datasource import Partitioning
 
     from pipelines.progress import Progress
     from pipelines.sink import assemble_and_write
+    from pipelines.source import ParquetSource
     from pipelines.stages import Score, encode
 
     num_actors, gpus_per_actor, threads = _actors(config, local)
@@ -434,14 +444,15 @@ def _execute(
 
     inputs = plan.inputs
     size = config.batch_size
-    ds = ray.data.read_parquet(
-        inputs.uris,
-        partitioning=Partitioning("hive", base_dir=inputs.location.uri(inputs.base_dir)),
-        include_row_hash=config.id_column is None,
-        schema=inputs.schema,
-    ).select_columns(plan.read_columns)
-    # Small blocks stream through the stages (and keep memory flat) whatever the file sizes.
-    ds = ds.repartition(target_num_rows_per_block=size)
+    # Blocks of `size` rows straight from the row groups (no listing task, no repartition
+    # stage): small blocks stream through the stages and keep memory flat.
+    source = ParquetSource(
+        inputs,
+        plan.read_columns,
+        size,
+        row_id_column=ROW_HASH_COLUMN if config.id_column is None else None,
+    )
+    ds = ray.data.read_datasource(source)
     # Encoding is far cheaper than scoring: a few concurrent tasks per actor keep it ahead.
     # The cap also differs from the actor pool's size, which is what keeps Ray Data from
     # fusing encode into the scoring actors (tokenizing belongs on CPU tasks, not in front

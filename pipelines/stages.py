@@ -12,7 +12,6 @@ touches torch.
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 
@@ -51,18 +50,38 @@ class StageSpec:
     id_column: str
     output_columns: tuple[str, ...]
     params_json: str = "{}"  # the job's parameters, written into every output file's footer
+    # The driver's tokenizer (tokenizers JSON) and the model's input limit: an encode task
+    # builds its encoder from these, without importing transformers (or torch) or reading the
+    # model directory; that was most of an encode worker's first-block latency.
+    tokenizer_json: str = ""
+    max_length: int = 0
 
 
 def row_error(exc: ZeroShotError) -> str:
     return f"{exc.type.value}: {exc.message}"
 
 
-@functools.lru_cache(maxsize=4)
-def _frontend(model: str, revision: str | None, limits_json: str):
-    # One tokenizer per worker process: Ray reuses workers across encode tasks.
-    from zeroshot.frontend import Frontend
+_ENCODERS: dict[int, object] = {}
 
-    return Frontend.from_pretrained(model, revision, Limits.model_validate_json(limits_json))
+
+def _encoder(spec: StageSpec):
+    """One `PairEncoder` per worker process and tokenizer: Ray reuses workers across tasks."""
+    key = hash((spec.tokenizer_json, spec.max_length, spec.model, spec.revision))
+    encoder = _ENCODERS.get(key)
+    if encoder is None:
+        if spec.tokenizer_json:
+            from tokenizers import Tokenizer
+
+            from zeroshot.encode import PairEncoder
+
+            encoder = PairEncoder(Tokenizer.from_str(spec.tokenizer_json), spec.max_length)
+        else:
+            from zeroshot.frontend import Frontend
+
+            encoder = Frontend.from_pretrained(spec.model, spec.revision, spec.limits).encoder
+        _ENCODERS.clear()
+        _ENCODERS[key] = encoder
+    return encoder
 
 
 def _list_column(values: np.ndarray, counts: np.ndarray, dtype: pa.DataType) -> pa.Array:
@@ -119,9 +138,9 @@ def encode(batch: pa.Table, *, spec: StageSpec, done_ids: np.ndarray | None = No
         from pipelines.files import done_mask
 
         batch = batch.filter(pa.array(~done_mask(batch.column(spec.id_column), done_ids)))
-    frontend = _frontend(spec.model, spec.revision, spec.limits.model_dump_json())
+    encoder = _encoder(spec)
     n = batch.num_rows
-    errors = check_texts(batch.column(spec.text_column), spec.text_column, frontend.limits)
+    errors = check_texts(batch.column(spec.text_column), spec.text_column, spec.limits)
     valid = np.fromiter((e is None for e in errors), bool, n)
     n_labels = len(spec.labels)
     pairs_per_row = np.zeros(n, np.int64)
@@ -130,7 +149,7 @@ def encode(batch: pa.Table, *, spec: StageSpec, done_ids: np.ndarray | None = No
         column = batch.column(spec.text_column)
         texts = column.filter(pa.array(valid)).to_pylist()
         try:
-            pairs = frontend.encoder.encode_texts(texts, spec.labels, spec.template)
+            pairs = encoder.encode_texts(texts, spec.labels, spec.template)
             pairs_per_row[valid] = n_labels
         except ZeroShotError as exc:
             for row in np.flatnonzero(valid):

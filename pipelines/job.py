@@ -83,6 +83,11 @@ class JobSummary(BaseModel):
     startup_seconds: float = Field(
         0.0, description="From the start of the run to the first row written (or the end)."
     )
+    steady_rows_per_s: float = Field(
+        0.0,
+        description="Rows/s between the first and the last file written (start-up and the "
+        "last file's tail excluded); rows_per_s when fewer than two files were written.",
+    )
     stats: str = Field("", exclude=True, description="Ray Data's `ds.stats()` of the run.")
 
     @property
@@ -505,12 +510,15 @@ def _execute(
     )
     progress_box.append(progress)
     written = 0
-    first_write = None
+    first_write = last_write = None
+    first_rows = 0
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
             rows = int(np.asarray(batch.column("rows")).sum()) if batch.num_rows else 0
-            if rows and first_write is None:
-                first_write = time.perf_counter()
+            if rows:
+                last_write = time.perf_counter()
+                if first_write is None:
+                    first_write, first_rows = last_write, rows
             written += rows
             progress.update(rows)
     except KeyboardInterrupt:
@@ -523,7 +531,12 @@ def _execute(
     final = inspect_output(config.output)
     seconds = time.perf_counter() - t0
     startup = (first_write or time.perf_counter()) - t0
-    return _summary(
+    steady = (
+        (written - first_rows) / (last_write - first_write)
+        if first_write is not None and last_write > first_write
+        else None
+    )
+    summary = _summary(
         config,
         plan,
         t0,
@@ -536,6 +549,8 @@ def _execute(
         final=final,
         seconds=seconds,
     )
+    summary.steady_rows_per_s = steady if steady is not None else summary.rows_per_s
+    return summary
 
 
 def _summary(

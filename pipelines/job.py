@@ -446,6 +446,9 @@ def _execute(
     # off a terminal, its 10-second dumps) are not for its users.
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    # A stage's own error (`OutputError`, `InputDataError`) reaches the driver as itself, not
+    # as a UserCodeException that keeps only its text; the driver turns it into one line.
+    ctx.raise_original_map_exception = True
 
     inputs = plan.inputs
     size = config.batch_size
@@ -605,10 +608,12 @@ def _job_failure(exc: BaseException, plan: Plan) -> BaseException:
     read failure traced to the input file that causes it (`InputDataError`), else the
     original exception (a bug: its traceback is the information)."""
     import pyarrow as pa
+    from ray.exceptions import RayTaskError
 
     for e in _causes(exc):
-        if isinstance(e, JobError):
-            return type(e)(e.message)
+        # A RayTaskError(OutputError) is both; its `cause` is the worker's own error.
+        if isinstance(e, JobError) and not isinstance(e, RayTaskError):
+            return e
     for e in _causes(exc):
         # ENOSPC, EROFS, EACCES raised by a writer outside our own write
         if isinstance(e, OSError) and getattr(e, "errno", None) in (28, 30, 13):

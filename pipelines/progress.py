@@ -106,6 +106,11 @@ def quiet_ray() -> None:
         "ray._private.authentication.authentication_token_setup",
     ):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # A failed task: Ray Data logs the worker's traceback at ERROR, then raises it to the
+    # driver, which prints one line for the job's own errors and re-raises anything else
+    # (its traceback then shows once). Ray Data's log file keeps the full trace either way.
+    for name in ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -35,13 +36,15 @@ LABELS = "sports,politics,business"
 WORDS = "the match vote market team budget league price election growth".split()
 
 
-def make_input(directory: Path, n: int, files: int = 4, words: int = 12) -> Path:
+def make_input(directory: Path, n: int, files: int = 4, words: int = 12, noise: int = 0) -> Path:
+    """`n` rows (`i` = 0..n-1) in `files` files; `noise` random hex characters per text make
+    the output incompressible (to fill a disk)."""
     directory.mkdir(parents=True, exist_ok=True)
     per = -(-n // files)
     for k in range(files):
         ids = list(range(k * per, min(n, (k + 1) * per)))
-        texts = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(words)) + f" #{i}"
-                 for i in ids]  # fmt: skip
+        texts = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(words)) + f" #{i} "
+                 + random.Random(i).randbytes(noise // 2).hex() for i in ids]  # fmt: skip
         pq.write_table(pa.table({"i": ids, "text": texts}), directory / f"part-{k}.parquet")
     return directory
 
@@ -217,7 +220,7 @@ def small_disk(tmp_path):
 
 def test_full_disk_is_one_clear_error_and_nothing_half_written(tmp_path, tiny_model, small_disk):
     n = 3000
-    src = make_input(tmp_path / "in", n, words=40)
+    src = make_input(tmp_path / "in", n, noise=400)  # ~1.2 MB of output for a 300 KiB disk
     out = small_disk / "out"
     result = run(score_cmd(src, out, tiny_model, "--batch-size", "256", "--rows-per-file", "256"))
     line = assert_one_line_error(result, OutputError.exit_code, "output_unwritable", str(out))

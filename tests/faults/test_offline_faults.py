@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -143,29 +144,42 @@ def test_driver_killed_then_rerun_finishes_exactly_once(tmp_path, tiny_model):
     assert 0 < partial < n
     again = run(score_cmd(src, out, tiny_model))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"({partial:,} already there)" in again.stdout
+    # A write that was renaming into place as the driver died may land after the count above.
+    written, before = re.search(r"this run +([\d,]+) rows \(([\d,]+) already there\)",
+                                again.stdout).groups()  # fmt: skip
+    before, written = int(before.replace(",", "")), int(written.replace(",", ""))
+    assert before >= partial and before + written == n
     assert_exactly_once(out, n)
 
 
-@pytest.mark.parametrize("needle", ["MapBatches(Score)", "MapBatches(encode)"])
-def test_worker_killed_mid_run_the_job_still_finishes_exactly_once(tmp_path, tiny_model, needle):
+@pytest.mark.parametrize(
+    "needle, rows, words, pace",
+    [
+        # The scoring actor: a slow emulated device, so the actor is busy when it dies.
+        ("MapBatches(Score)", 480, 12, ["--null-pairs-per-s", "150"]),
+        # An encode worker: long texts and an instant device, so encoding is the busy stage.
+        ("MapBatches(encode)", 3000, 400, []),
+    ],
+)
+def test_worker_killed_mid_run_the_job_still_finishes_exactly_once(
+    tmp_path, tiny_model, needle, rows, words, pace
+):
     """SIGKILL the scoring actor (Ray restarts it and retries its calls) or a worker running an
-    encode task (Ray retries the task): the same run ends with every row exactly once."""
-    n = 480
-    src, out = make_input(tmp_path / "in", n), tmp_path / "out"
-    proc = start(score_cmd(src, out, tiny_model, "--null-pairs-per-s", "150"))
+    encode task (Ray retries the task): the run ends with every row exactly once (or, if it
+    gives up, with one clear line, and a re-run finishes the job)."""
+    src, out = make_input(tmp_path / "in", rows, words=words), tmp_path / "out"
+    proc = start(score_cmd(src, out, tiny_model, *pace))
     try:
-        wait_for(proc, lambda: files_written(out) >= 2)
         victim = wait_for(proc, lambda: ray_process(proc, needle))
         victim.kill()
         stdout, stderr = proc.communicate(timeout=240)
     finally:
         kill_group(proc)
-    if proc.returncode != 0:  # the run may give up; then a re-run must finish the job
+    if proc.returncode != 0:
         assert "Traceback" not in stderr, stderr[-3000:]
         again = run(score_cmd(src, out, tiny_model))
         assert again.returncode == 0, again.stderr[-3000:]
-    assert_exactly_once(out, n)
+    assert_exactly_once(out, rows)
 
 
 def test_ctrl_c_stops_cleanly_with_one_line_and_rerun_resumes(tmp_path, tiny_model):

@@ -194,3 +194,42 @@ def test_reader_blocks_ids_and_partitions(tmp_path):
     assert table.column("text").to_pylist() == [f"t{i}" for i in range(1000)]
     assert set(table.column("lang").to_pylist()) == {"fr"}
     assert len(set(table.column("row_hash").to_pylist())) == 1000
+
+
+class _Terminal:
+    """A stream that says it is a terminal (what the progress line is drawn on)."""
+
+    def __init__(self, tty: bool):
+        self.text, self.tty = "", tty
+
+    def write(self, s: str) -> None:
+        self.text += s
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_line_on_a_terminal_and_silence_elsewhere():
+    from pipelines.progress import Progress
+
+    tty = _Terminal(True)
+    bar = Progress.for_terminal(1000, show=True, every_s=None, stream=tty)
+    bar.update(250)
+    bar.update(750)
+    bar.close()
+    last = tty.text.rsplit("\r", 1)[-1]
+    assert last.startswith("scored 1,000 / 1,000 rows (100%)") and "rows/s" in last
+    assert "ETA" in tty.text and tty.text.endswith("\n")
+
+    pipe = _Terminal(False)
+    quiet = Progress.for_terminal(1000, show=True, every_s=None, stream=pipe)
+    quiet.update(1000)
+    quiet.close()
+    assert pipe.text == ""  # not a terminal, not asked: nothing
+
+    asked = Progress.for_terminal(1000, show=True, every_s=0.0001, stream=pipe)
+    asked.update(10)
+    assert pipe.text.startswith("scored 10 / 1,000 rows (1%)") and "\r" not in pipe.text

@@ -91,7 +91,8 @@ def run_sampled(cmd: list[str], stop_when=None) -> dict:
     t0 = time.perf_counter()
     proc = start(cmd)
     root = psutil.Process(proc.pid)
-    peak = {"driver": 0, "largest_other": 0, "tree": 0}
+    peak = {"driver": 0, "largest_other": 0, "tree": 0, "uss_tree": 0, "uss_largest": 0}
+    by_name: dict[str, int] = {}  # peak RSS per kind of process (driver, raylet, a worker...)
     killed = threading.Event()
     done = threading.Event()
 
@@ -101,16 +102,24 @@ def run_sampled(cmd: list[str], stop_when=None) -> dict:
                 procs = [root, *root.children(recursive=True)]
             except psutil.Error:
                 procs = []
-            rss = []
+            rss, uss = [], []
             for p in procs:
                 try:
-                    rss.append(p.memory_info().rss)
+                    # USS: the process's own pages, without the object store's shared ones.
+                    info = p.memory_full_info()
+                    uss.append(info.uss)
+                    rss.append(info.rss)
+                    name = " ".join(p.cmdline())[:70] if p is not root else "driver"
+                    name = name.split(" --")[0]
+                    by_name[name] = max(by_name.get(name, 0), rss[-1])
                 except psutil.Error:
                     rss.append(0)
             if rss:
                 peak["driver"] = max(peak["driver"], rss[0])
                 peak["largest_other"] = max(peak["largest_other"], max(rss[1:], default=0))
                 peak["tree"] = max(peak["tree"], sum(rss))
+                peak["uss_tree"] = max(peak["uss_tree"], sum(uss))
+                peak["uss_largest"] = max(peak["uss_largest"], max(uss, default=0))
             if stop_when is not None and not killed.is_set() and stop_when():
                 killed.set()
                 with contextlib.suppress(ProcessLookupError):
@@ -133,6 +142,11 @@ def run_sampled(cmd: list[str], stop_when=None) -> dict:
         "peak_rss_driver_mib": peak["driver"] / 2**20,
         "peak_rss_largest_other_mib": peak["largest_other"] / 2**20,
         "peak_rss_tree_mib": peak["tree"] / 2**20,
+        "peak_uss_tree_mib": peak["uss_tree"] / 2**20,
+        "peak_uss_largest_mib": peak["uss_largest"] / 2**20,
+        "peak_rss_by_process_mib": {
+            k: v / 2**20 for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])[:8]
+        },
         "stdout": stdout,
     }
 
@@ -173,6 +187,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--small", type=int, default=250_000)
     ap.add_argument("--kill-at", type=float, default=0.4, help="share of rows written at the kill")
+    ap.add_argument("--skip-resume", action="store_true", help="memory and files only")
     args = ap.parse_args()
     from pipelines.files import inspect_output
     from zeroshot.fixtures import make_test_model
@@ -201,11 +216,20 @@ def main() -> None:
     startup = result["runs"]["startup_10k"]["seconds"]
     result["ratios_big_over_small"] = {
         key: b[key] / a[key]
-        for key in ("peak_rss_driver_mib", "peak_rss_largest_other_mib", "peak_rss_tree_mib")
+        for key in (
+            "peak_rss_driver_mib",
+            "peak_rss_largest_other_mib",
+            "peak_rss_tree_mib",
+            "peak_uss_largest_mib",
+            "peak_uss_tree_mib",
+        )  # fmt: skip
     }
     result["steady_rows_per_s"] = (args.rows - ROWS_PER_FILE) / (b["seconds"] - startup)
     result["rows_per_s"] = args.rows / b["seconds"]
 
+    if args.skip_resume:
+        write_results("offline_scale_memory", result)
+        return
     # Kill at --kill-at of the rows, then the same command: every row exactly once.
     out = WORK / "out_resume"
     shutil.rmtree(out, ignore_errors=True)

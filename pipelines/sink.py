@@ -40,10 +40,20 @@ def _location(uri: str) -> Location:
     return locate(uri)
 
 
-def file_name(ids: pa.ChunkedArray | pa.Array) -> str:
-    """`part-<digest of the ids>.parquet`: the same rows always get the same name."""
-    keys = np.ascontiguousarray(id_keys(ids))
-    return f"part-{hashlib.blake2b(keys.tobytes(), digest_size=10).hexdigest()}.parquet"
+def file_name(table: pa.Table, id_column: str) -> str:
+    """`part-<digest of the rows' ids>.parquet`: the same rows always get the same name. Null
+    ids (which a resume cannot match) fold the row count and the whole table's buffers in, so
+    two bundles of null ids never share a name."""
+    ids = table.column(id_column)
+    digest = hashlib.blake2b(np.ascontiguousarray(id_keys(ids)).tobytes(), digest_size=10)
+    if ids.null_count:
+        digest.update(f"{table.num_rows}:{ids.null_count}".encode())
+        for column in table.columns:
+            for chunk in column.chunks:
+                for buf in chunk.buffers():
+                    if buf is not None:
+                        digest.update(buf)
+    return f"part-{digest.hexdigest()}.parquet"
 
 
 def write_table(table: pa.Table, loc: Location, name: str) -> str:
@@ -73,7 +83,7 @@ def assemble_and_write(
         return SUMMARY_SCHEMA.empty_table()
     table = assemble(batch, spec=spec, nli=nli)
     loc = _location(output)
-    path = write_table(table, loc, file_name(table.column(spec.id_column)))
+    path = write_table(table, loc, file_name(table, spec.id_column))
     errors = table.num_rows - table.column("error").null_count
     return pa.table(
         {"file": [loc.uri(path)], "rows": [table.num_rows], "errors": [errors]},

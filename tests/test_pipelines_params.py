@@ -233,3 +233,14 @@ def test_progress_line_on_a_terminal_and_silence_elsewhere():
     asked = Progress.for_terminal(1000, show=True, every_s=0.0001, stream=pipe)
     asked.update(10)
     assert pipe.text.startswith("scored 10 / 1,000 rows (1%)") and "\r" not in pipe.text
+
+
+def test_file_names_follow_the_rows():
+    from pipelines.sink import file_name
+
+    a = pa.table({"id": [1, 2, 3], "text": ["a", "b", "c"]})
+    assert file_name(a, "id") == file_name(pa.table({"id": [1, 2, 3], "text": ["x"] * 3}), "id")
+    assert file_name(a, "id") != file_name(a.slice(0, 2), "id")
+    nulls = pa.table({"id": pa.array([None, None], pa.int64()), "text": ["a", "b"]})
+    other = pa.table({"id": pa.array([None, None], pa.int64()), "text": ["c", "d"]})
+    assert file_name(nulls, "id") != file_name(other, "id")  # never overwrite each other

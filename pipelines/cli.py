@@ -38,6 +38,7 @@ JOB_FLAGS = (
     Flag("overwrite"),
     Flag("record_scorer"),
     Flag("show_progress", name="no-progress", invert=True),
+    Flag("progress_every_s", name="progress-every", metavar="SECONDS"),
 )
 
 
@@ -45,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pipelines.config import JobConfig
 
     parser.description = DESCRIPTION
+    parser.epilog = _epilog()
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     add_flags(parser, JobConfig, JOB_FLAGS)
 
 
@@ -60,12 +63,31 @@ def command_line(config) -> list[str]:
     return ["zeroshot", "score", *to_argv(config, JOB_FLAGS)]
 
 
+def _epilog() -> str:
+    from pipelines.errors import EXIT_CODES
+
+    return "exit codes:\n" + "\n".join(f"  {code:<4}{what}" for code, what in EXIT_CODES.items())
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a pod or a scheduler stopping the job) stops it as Ctrl-C does: cleanly,
+    with one line saying how to resume."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(args: argparse.Namespace) -> int:
-    """Run the job; 0 when rows in = rows out, 1 on a mismatch. Input problems raise
-    `ZeroShotError`s, which the `zeroshot` CLI prints and turns into exit code 2."""
+    """Run the job; the exit code says how it ended (`pipelines.errors.EXIT_CODES`). Input
+    problems raise `ZeroShotError`s, which the `zeroshot` CLI prints and turns into exit 2."""
     from pydantic import ValidationError
 
-    from pipelines.errors import JobInputError, RowCountError
+    from pipelines.errors import JobError, JobInputError, JobInterrupted
     from pipelines.job import run_job
 
     try:
@@ -75,11 +97,19 @@ def main(args: argparse.Namespace) -> int:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise JobInputError(f"invalid options: {problems}") from None
+    _stop_on_sigterm()
     try:
         run_job(config)
-    except RowCountError as exc:
-        print(f"error ({exc.type.value}): {exc.message}", file=sys.stderr)
-        return 1
+    except JobError as exc:
+        print(f"error ({exc.kind}): {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except JobInterrupted as exc:
+        print(exc.message, file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        # Before Ray started (reading footers, loading the tokenizer): nothing was written.
+        print("interrupted before any row was scored.", file=sys.stderr)
+        return JobInterrupted.exit_code
     return 0
 
 

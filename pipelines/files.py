@@ -89,6 +89,9 @@ class InputFiles:
     num_rows: int = 0
     pattern: str | None = None  # the glob, when the input was one
     single: bool = False  # the input named one file
+    uri: str = ""  # the input as given, made absolute (what the output's parameters record)
+    # (rows, uncompressed bytes) of each row group of each file, from the footers.
+    row_groups: list[list[tuple[int, int]]] = field(default_factory=list)
 
     def would_read(self, directory: str) -> bool:
         """Whether a Parquet file written under `directory` would be part of this input on a
@@ -111,9 +114,14 @@ class InputFiles:
         ]
 
 
-def _hive_keys(path: str, base_dir: str) -> list[str]:
+def hive_values(path: str, base_dir: str) -> dict[str, str]:
+    """The `key=value` directories between `base_dir` and the file, in order."""
     rel = path[len(base_dir) :].strip("/") if path.startswith(base_dir) else ""
-    return [seg.split("=", 1)[0] for seg in rel.split("/")[:-1] if "=" in seg]
+    return dict(seg.split("=", 1) for seg in rel.split("/")[:-1] if "=" in seg)
+
+
+def _hive_keys(path: str, base_dir: str) -> list[str]:
+    return list(hive_values(path, base_dir))
 
 
 def read_footers(loc: Location, files: list[str]) -> list[pq.FileMetaData | BaseException]:
@@ -222,6 +230,14 @@ def resolve_input(uri: str) -> InputFiles:
         num_rows=sum(m.num_rows for m in footers),
         pattern=pattern if is_glob else None,
         single=not is_glob and files == [pattern],
+        uri=loc.uri(loc.path),
+        row_groups=[
+            [
+                (m.row_group(i).num_rows, m.row_group(i).total_byte_size)
+                for i in range(m.num_row_groups)
+            ]
+            for m in footers
+        ],
     )
 
 
@@ -239,11 +255,14 @@ class OutputState:
     files: list[str]
     num_rows: int
     broken: list[str]
+    # Each readable file's footer key-value metadata under `key` (None where absent).
+    recorded: list[bytes | None] = field(default_factory=list)
 
 
-def inspect_output(uri: str) -> OutputState:
+def inspect_output(uri: str, key: bytes | None = None) -> OutputState:
     """The readable Parquet files under `uri`, their rows, and the unreadable ones (a write
-    cut off by an interruption leaves a file without a footer)."""
+    cut off by an interruption leaves a file without a footer); with `key`, each readable
+    file's footer metadata under it."""
     loc = locate(uri)
     info = loc.filesystem.get_file_info(loc.path)
     if info.type == pafs.FileType.NotFound:
@@ -254,7 +273,10 @@ def inspect_output(uri: str) -> OutputState:
     footers = read_footers(loc, files)
     good = [(f, m) for f, m in zip(files, footers) if not isinstance(m, BaseException)]
     broken = [f for f, m in zip(files, footers) if isinstance(m, BaseException)]
-    return OutputState(loc, [f for f, _ in good], sum(m.num_rows for _, m in good), broken)
+    recorded = [(m.metadata or {}).get(key) if key else None for _, m in good]
+    return OutputState(
+        loc, [f for f, _ in good], sum(m.num_rows for _, m in good), broken, recorded
+    )
 
 
 def count_nonnull(loc: Location, files: list[str], column: str) -> int:

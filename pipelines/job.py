@@ -1,30 +1,42 @@
 """The offline job: Parquet in, three Ray Data stages, Parquet out, every row accounted for.
 
     read_parquet (only the needed columns) -> repartition(batch_size rows)
-      -> encode (CPU tasks) -> Score (actor pool, GPU or CPU) -> assemble (CPU tasks)
-      -> write_parquet (append)
+      -> encode (CPU tasks) -> Score (actor pool, GPU or CPU)
+      -> assemble + write one whole Parquet file per rows_per_file rows (CPU tasks)
+      -> the driver counts the files as they land (progress, summary)
 
-Everything that can be wrong with the request (paths, columns, labels, template, model) is
-checked before Ray is touched. A re-run of the same job skips the ids already in the output
-(an anti-join against the id column read back from the written files), so an interrupted job
-finishes without duplicating rows; files cut off mid-write are unreadable Parquet and are
-deleted first.
+Everything that can be wrong with the request (paths, columns, labels, template, model, an
+output holding another job's results) is checked before Ray is touched, and the output is
+proven writable by writing the job's manifest there first. A re-run of the same job skips the
+ids already in the output (an anti-join against the id column read back from the written
+files), so an interrupted job finishes without duplicating rows; a file is written whole or
+not at all, so there is never a half-written one to count.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from pipelines.config import OUTPUT_COLUMNS, ROW_HASH_COLUMN, SCORER_COLUMNS, JobConfig
-from pipelines.errors import JobInputError, RowCountError
+from pipelines.errors import (
+    AllRowsFailedError,
+    InputDataError,
+    JobError,
+    JobInputError,
+    JobInterrupted,
+    OutputError,
+    RowCountError,
+)
 from pipelines.files import (
     InputFiles,
     OutputState,
@@ -35,7 +47,15 @@ from pipelines.files import (
     read_ids,
     resolve_input,
 )
-from pipelines.stages import PRIVATE, StageSpec
+from pipelines.manifest import (
+    JobParams,
+    check_resume,
+    first_line,
+    model_fingerprint,
+    read_manifest,
+    write_manifest,
+)
+from pipelines.stages import METADATA_KEY, PRIVATE, StageSpec, scorer_config_fields
 from zeroshot.assemble import NliLabels
 from zeroshot.config import ModelConfig
 
@@ -60,9 +80,29 @@ class JobSummary(BaseModel):
     model: str = Field(description="Model id or path.")
     dtype: str = Field(description="Requested dtype.")
     ok: bool = Field(description="rows_in == rows_out.")
+    startup_seconds: float = Field(
+        0.0, description="From the start of the run to the first row written (or the end)."
+    )
+    steady_rows_per_s: float = Field(
+        0.0,
+        description="Rows/s between the first and the last file written (start-up and the "
+        "last file's tail excluded); rows_per_s when fewer than two files were written.",
+    )
+    stats: str = Field("", exclude=True, description="Ray Data's `ds.stats()` of the run.")
+
+    @property
+    def all_failed(self) -> bool:
+        """Rows came out, and not one of them has scores."""
+        return self.rows_out > 0 and self.errors == self.rows_out
+
+    @property
+    def status(self) -> str:
+        if not self.ok:
+            return "MISMATCH"
+        return "ALL ROWS FAILED" if self.all_failed else "OK"
 
     def __str__(self) -> str:
-        status = "OK" if self.ok else "MISMATCH"
+        status = self.status
         resumed = f" ({self.rows_before:,} already there)" if self.rows_before else ""
         device = (
             f"{self.num_actors} x {self.gpus_per_actor:g} GPU"
@@ -91,6 +131,9 @@ class Plan:
     spec: StageSpec
     nli: NliLabels
     output: OutputState
+    params: JobParams
+    # What a null-backend actor needs of the model config (so it imports no transformers).
+    null_config: dict = field(default_factory=dict)
 
 
 def _check_columns(config: JobConfig, inputs: InputFiles) -> tuple[list[str], list[str]]:
@@ -136,10 +179,10 @@ def _check_columns(config: JobConfig, inputs: InputFiles) -> tuple[list[str], li
         else None
     )
     if t is not None and not is_string_type(t):
-        print(
-            f"warning: text column {config.text_column!r} has type {t}, not strings: every row "
-            "will carry an invalid_text error.",
-            file=sys.stderr,
+        # Every row would fail; say so now rather than after a whole run.
+        raise JobInputError(
+            f"text column {config.text_column!r} has type {t}, not strings: no row could be "
+            "scored. Name the text column with --text-column."
         )
     return read, output_columns
 
@@ -165,7 +208,7 @@ def prepare(config: JobConfig) -> Plan:
 
     inputs = resolve_input(config.input)
     read_columns, output_columns = _check_columns(config, inputs)
-    output = inspect_output(config.output)
+    output = inspect_output(config.output, METADATA_KEY)
     _check_paths(inputs, output)
 
     # The labels and template go through the engine's own request checks (and a real encode,
@@ -177,16 +220,30 @@ def prepare(config: JobConfig) -> Plan:
     frontend.encode(request)
 
     id_column = config.id_column or ROW_HASH_COLUMN
-    if output.files and not config.overwrite:
-        import pyarrow.parquet as pq
-
-        names = pq.read_schema(output.files[0], filesystem=output.location.filesystem).names
-        if id_column not in names or "error" not in names:
-            raise JobInputError(
-                f"the output {config.output!r} already holds Parquet files that are not this "
-                f"job's (no {id_column!r} or 'error' column): pass --overwrite to replace "
-                "them, or write elsewhere."
-            )
+    params = JobParams(
+        model=config.model,
+        revision=config.revision,
+        model_fingerprint=model_fingerprint(config.model, frontend.config),
+        backend=config.backend,
+        dtype=config.dtype if config.backend == "torch" else None,
+        labels=list(request.labels),
+        hypothesis_template=request.hypothesis_template,
+        multi_label=request.multi_label,
+        text_column=config.text_column,
+        max_chars=config.limits.max_chars,
+        input=inputs.uri,
+        id_column=id_column,
+        columns=output_columns,
+    )
+    if not config.overwrite:
+        loc = output.location
+        recorded = [JobParams.parse(r) for r in output.recorded]
+        check_resume(
+            params,
+            read_manifest(loc.filesystem, loc.path),
+            list(zip([loc.uri(f) for f in output.files], recorded)),
+            config.output,
+        )
     spec = StageSpec(
         model=config.model,
         revision=config.revision,
@@ -197,8 +254,44 @@ def prepare(config: JobConfig) -> Plan:
         text_column=config.text_column,
         id_column=id_column,
         output_columns=tuple(output_columns),
+        params_json=params.to_json(),
+        tokenizer_json=frontend.tokenizer.backend_tokenizer.to_str(),
+        max_length=frontend.max_length,
     )
-    return Plan(inputs, read_columns, spec, frontend.nli, output)
+    return Plan(
+        inputs,
+        read_columns,
+        spec,
+        frontend.nli,
+        output,
+        params,
+        scorer_config_fields(frontend.config),
+    )
+
+
+def prepare_output(config: JobConfig, plan: Plan) -> None:
+    """Before Ray starts: clear the output for --overwrite, remove what interrupted runs left
+    (files cut off mid-write by an older writer, `_tmp-` files), and write the manifest,
+    which proves the output writable (`OutputError`, exit 3, naming it, when it is not)."""
+    from pipelines.sink import remove_leftovers
+
+    out = plan.output
+    loc = out.location
+    try:
+        if config.overwrite and loc.filesystem.get_file_info(loc.path).type.name == "Directory":
+            loc.filesystem.delete_dir_contents(loc.path, missing_dir_ok=True)
+            out = OutputState(loc, [], 0, [], [])
+        for path in out.broken:
+            print(f"removing {loc.uri(path)}: unreadable, cut off by an interrupted write")
+            loc.filesystem.delete_file(path)
+        out.broken = []
+        remove_leftovers(loc)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot clean up the output {config.output!r}: {first_line(exc)}"
+        ) from None
+    write_manifest(loc.filesystem, loc.path, plan.params, loc.uri)
+    plan.output = out
 
 
 def _connect(address: str | None) -> str:
@@ -211,11 +304,21 @@ def _connect(address: str | None) -> str:
     # No address: RAY_ADDRESS (set inside a KubeRay RayJob) or else a fresh local Ray, never
     # some other cluster that happens to run on this machine.
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    if address == "local":
-        ray.init(address="local", include_dashboard=False)
-        return "local"
-    ray.init(address=address)
-    return "joined"
+    # Ray's INFO lines ("Started a local Ray instance", ...) are not the job's news.
+    quiet = {"logging_level": "WARNING", "log_to_driver": True}
+    # ray.init replaces the SIGTERM handler with sys.exit; the CLI's (stop cleanly, say how
+    # to resume) is put back.
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        if address == "local":
+            ray.init(address="local", include_dashboard=False, **quiet)
+            return "local"
+        ray.init(address=address, **quiet)
+        return "joined"
+    finally:
+        if main and sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
 
 
 def _actors(config: JobConfig, local: bool) -> tuple[int, float, int]:
@@ -260,61 +363,104 @@ def _done_ids(plan: Plan) -> np.ndarray | None:
 def run_job(config: JobConfig) -> JobSummary:
     """Run the job to the end and return its summary (also printed).
 
-    Raises `JobInputError` (before any Ray work) for a request that cannot run, and
-    `RowCountError` when the output does not hold exactly the input's rows.
+    Raises `JobInputError` (before any Ray work) for a request that cannot run, `OutputError`
+    / `InputDataError` when the output cannot be written or an input file cannot be read,
+    `RowCountError` when the output does not hold exactly the input's rows,
+    `AllRowsFailedError` when not one row got scores, and `JobInterrupted` on Ctrl-C.
     """
     t0 = time.perf_counter()
     plan = prepare(config)
-    mode = _connect(config.address)
-    try:
-        summary = _execute(config, plan, t0, local=mode == "local")
-    finally:
-        if mode != "existing":
-            import ray
-
-            ray.shutdown()
+    prepare_output(config, plan)
+    if plan.inputs.num_rows == 0:
+        # Nothing to score: no cluster to start.
+        summary = _summary(config, plan, t0, plan.output.num_rows, 0, 0.0, 0, 0.0, "")
+    else:
+        summary = _run_on_ray(config, plan, t0)
     print(summary, flush=True)
     if not summary.ok:
         raise RowCountError(
             f"rows in ({summary.rows_in:,}) != rows out ({summary.rows_out:,}) in "
             f"{config.output!r}: the output is not trustworthy; re-run with --overwrite."
         )
+    if summary.all_failed:
+        raise AllRowsFailedError(
+            f"every one of the {summary.rows_out:,} rows in {config.output!r} carries an error "
+            "and no scores; see the `error` column (e.g. empty or null texts)."
+        )
     return summary
 
 
-def _execute(config: JobConfig, plan: Plan, t0: float, local: bool) -> JobSummary:
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext, SaveMode, TaskPoolStrategy
-    from ray.data.datasource import Partitioning
+def _run_on_ray(config: JobConfig, plan: Plan, t0: float) -> JobSummary:
+    from pipelines.progress import filtered_stderr, quiet_ray
 
-    from pipelines.stages import Score, assemble, encode
+    quiet_ray()
+    with filtered_stderr() as stderr:
+        return _on_ray(config, plan, t0, stderr)
+
+
+def _on_ray(config: JobConfig, plan: Plan, t0: float, stderr) -> JobSummary:
+    mode = _connect(config.address)
+    rows_before = plan.output.num_rows
+    progress_box: list = [stderr]
+    try:
+        return _execute(config, plan, t0, local=mode == "local", progress_box=progress_box)
+    except KeyboardInterrupt:
+        done = progress_box[-1].done if len(progress_box) > 1 else 0
+        raise JobInterrupted(
+            f"interrupted: {done:,} rows written to {config.output!r} this run "
+            f"({rows_before + done:,} in all); run the same command again to resume."
+        ) from None
+    finally:
+        if mode != "existing":
+            import ray
+
+            # A second Ctrl-C while Ray shuts down would only leave its processes behind.
+            main = threading.current_thread() is threading.main_thread()
+            saved = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+            try:
+                ray.shutdown()
+            finally:
+                if main:
+                    signal.signal(signal.SIGINT, saved)
+
+
+def _execute(
+    config: JobConfig, plan: Plan, t0: float, local: bool, progress_box: list
+) -> JobSummary:
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
+
+    from pipelines.progress import Progress
+    from pipelines.sink import assemble_and_write
+    from pipelines.source import ParquetSource
+    from pipelines.stages import Score, encode
 
     num_actors, gpus_per_actor, threads = _actors(config, local)
     out = plan.output
-    if config.overwrite:
-        out.location.filesystem.delete_dir_contents(out.location.path, missing_dir_ok=True)
-        out = OutputState(out.location, [], 0, [])
-    for path in out.broken:
-        print(f"removing {out.location.uri(path)}: unreadable, cut off by an interrupted write")
-        out.location.filesystem.delete_file(path)
-    plan.output = out
     done = _done_ids(plan)
 
     # Ray Data warns when a small input gives the encode stage fewer blocks than its cap.
     warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = config.show_progress
+    # The job draws its own progress (rows, rows/s, ETA); Ray Data's per-operator bars (or,
+    # off a terminal, its 10-second dumps) are not for its users.
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    # A stage's own error (`OutputError`, `InputDataError`) reaches the driver as itself, not
+    # as a UserCodeException that keeps only its text; the driver turns it into one line.
+    ctx.raise_original_map_exception = True
 
     inputs = plan.inputs
     size = config.batch_size
-    ds = ray.data.read_parquet(
-        inputs.uris,
-        partitioning=Partitioning("hive", base_dir=inputs.location.uri(inputs.base_dir)),
-        include_row_hash=config.id_column is None,
-        schema=inputs.schema,
-    ).select_columns(plan.read_columns)
-    # Small blocks stream through the stages (and keep memory flat) whatever the file sizes.
-    ds = ds.repartition(target_num_rows_per_block=size)
+    # Blocks of `size` rows straight from the row groups (no listing task, no repartition
+    # stage): small blocks stream through the stages and keep memory flat.
+    source = ParquetSource(
+        inputs,
+        plan.read_columns,
+        size,
+        row_id_column=ROW_HASH_COLUMN if config.id_column is None else None,
+    )
+    ds = ray.data.read_datasource(source)
     # Encoding is far cheaper than scoring: a few concurrent tasks per actor keep it ahead.
     # The cap also differs from the actor pool's size, which is what keeps Ray Data from
     # fusing encode into the scoring actors (tokenizing belongs on CPU tasks, not in front
@@ -326,9 +472,11 @@ def _execute(config: JobConfig, plan: Plan, t0: float, local: bool) -> JobSummar
         encode,
         batch_format="pyarrow",
         batch_size=size,
+        zero_copy_batch=True,
         compute=TaskPoolStrategy(size=encode_tasks),
         fn_kwargs={"spec": plan.spec, "done_ids": done},
     )
+    null = config.backend == "null"
     ds = ds.map_batches(
         Score,
         compute=ActorPoolStrategy(size=num_actors),
@@ -337,30 +485,98 @@ def _execute(config: JobConfig, plan: Plan, t0: float, local: bool) -> JobSummar
             "batching": config.batching,
             "torch_threads": threads,
             "record_scorer": config.record_scorer,
+            "null_config": plan.null_config if null else None,
         },
         batch_size=size,
         batch_format="pyarrow",
+        zero_copy_batch=True,
         num_gpus=gpus_per_actor,
         num_cpus=config.cpus_per_actor,
     )
     ds = ds.map_batches(
-        assemble, batch_format="pyarrow", fn_kwargs={"spec": plan.spec, "nli": plan.nli}
+        assemble_and_write,
+        batch_format="pyarrow",
+        batch_size=config.rows_per_file,
+        zero_copy_batch=True,
+        fn_kwargs={
+            "spec": plan.spec,
+            "nli": plan.nli,
+            "output": out.location.uri(out.location.path),
+        },
     )
-    ds.write_parquet(
-        out.location.uri(out.location.path),
-        mode=SaveMode.APPEND,
-        min_rows_per_file=config.rows_per_file,
+
+    progress = Progress.for_terminal(
+        max(0, inputs.num_rows - out.num_rows),
+        config.show_progress,
+        config.progress_every_s,
+        stream=progress_box[0],
     )
+    progress_box.append(progress)
+    written = 0
+    first_write = last_write = None
+    first_rows = 0
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+            rows = int(np.asarray(batch.column("rows")).sum()) if batch.num_rows else 0
+            if rows:
+                last_write = time.perf_counter()
+                if first_write is None:
+                    first_write, first_rows = last_write, rows
+            written += rows
+            progress.update(rows)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        raise _job_failure(exc, plan) from None
+    finally:
+        progress.close()
 
     final = inspect_output(config.output)
     seconds = time.perf_counter() - t0
-    written = final.num_rows - out.num_rows
+    startup = (first_write or time.perf_counter()) - t0
+    steady = (
+        (written - first_rows) / (last_write - first_write)
+        if first_write is not None and last_write > first_write
+        else None
+    )
+    summary = _summary(
+        config,
+        plan,
+        t0,
+        final.num_rows,
+        final.num_rows - out.num_rows,
+        startup,
+        num_actors,
+        gpus_per_actor,
+        ds.stats(),
+        final=final,
+        seconds=seconds,
+    )
+    summary.steady_rows_per_s = steady if steady is not None else summary.rows_per_s
+    return summary
+
+
+def _summary(
+    config: JobConfig,
+    plan: Plan,
+    t0: float,
+    rows_out: int,
+    written: int,
+    startup: float,
+    num_actors: int,
+    gpus_per_actor: float,
+    stats: str,
+    final: OutputState | None = None,
+    seconds: float | None = None,
+) -> JobSummary:
+    final = final or plan.output
+    seconds = seconds if seconds is not None else time.perf_counter() - t0
     return JobSummary(
         input=config.input,
         output=config.output,
-        rows_in=inputs.num_rows,
-        rows_out=final.num_rows,
-        rows_before=out.num_rows,
+        rows_in=plan.inputs.num_rows,
+        rows_out=rows_out,
+        rows_before=plan.output.num_rows,
         rows_written=written,
         errors=count_nonnull(final.location, final.files, "error"),
         seconds=seconds,
@@ -369,5 +585,70 @@ def _execute(config: JobConfig, plan: Plan, t0: float, local: bool) -> JobSummar
         gpus_per_actor=gpus_per_actor,
         model=config.model,
         dtype=config.dtype if config.backend == "torch" else f"{config.backend} backend",
-        ok=final.num_rows == inputs.num_rows and not final.broken,
+        ok=rows_out == plan.inputs.num_rows and not final.broken,
+        startup_seconds=startup or seconds,
+        stats=stats,
     )
+
+
+def _causes(exc: BaseException):
+    """`exc` and what it wraps (Ray task errors carry the worker's exception as `cause`)."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+
+
+def _job_failure(exc: BaseException, plan: Plan) -> BaseException:
+    """One typed error for a failed run: ours as raised in a worker (`OutputError`), a
+    read failure traced to the input file that causes it (`InputDataError`), else the
+    original exception (a bug: its traceback is the information)."""
+    import pyarrow as pa
+    from ray.exceptions import RayTaskError
+
+    for e in _causes(exc):
+        # A RayTaskError(OutputError) is both; its `cause` is the worker's own error.
+        if isinstance(e, JobError) and not isinstance(e, RayTaskError):
+            return e
+    for e in _causes(exc):
+        # ENOSPC, EROFS, EACCES raised by a writer outside our own write
+        if isinstance(e, OSError) and getattr(e, "errno", None) in (28, 30, 13):
+            loc = plan.output.location
+            return OutputError(f"cannot write to {loc.uri(loc.path)!r}: {first_line(e)}")
+    text = " ".join(str(e) for e in _causes(exc))
+    if any(isinstance(e, (pa.ArrowException, OSError)) for e in _causes(exc)) or "Parquet" in text:
+        bad = _unreadable_input(plan)
+        if bad is not None:
+            path, reason = bad
+            return InputDataError(
+                f"input file {path!r} cannot be read: {reason}. Its footer is valid, so a data "
+                "page is corrupt; replace the file (or move it out of the input) and re-run "
+                "to resume."
+            )
+    return exc
+
+
+def _unreadable_input(plan: Plan, budget_s: float = 120.0) -> tuple[str, str] | None:
+    """The first input file whose needed columns do not read back, and why; looked for only
+    after a failed run, for at most `budget_s`."""
+    import pyarrow.parquet as pq
+
+    inputs = plan.inputs
+    names = set(inputs.schema.names)
+    columns = [c for c in plan.read_columns if c in names]
+    deadline = time.monotonic() + budget_s
+    for path in inputs.files:
+        if time.monotonic() > deadline:
+            return None
+        try:
+            with inputs.location.filesystem.open_input_file(path) as fh:
+                pf = pq.ParquetFile(fh)
+                for batch in pf.iter_batches(columns=columns or None, batch_size=65536):
+                    del batch
+        except Exception as exc:  # noqa: BLE001 - any failure to read is the answer
+            return inputs.location.uri(path), first_line(exc)
+    return None

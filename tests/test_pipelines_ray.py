@@ -272,3 +272,31 @@ def test_asking_for_gpus_a_local_ray_lacks_is_a_clear_error(tmp_path, tiny_model
     assert out.returncode == 2, out.stderr[-2000:]
     assert "1 GPU(s) needed, and the Ray this job started has 0" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_rerun_with_other_labels_refuses_and_same_labels_resume(tmp_path, tiny_model):
+    """The new user's mistake: scoring into an output scored with other labels. Refused with
+    exit 2 before Ray, output untouched; the same labels find everything done."""
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": TEXTS, "i": range(len(TEXTS))}), src)
+    out = tmp_path / "out"
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+
+    def score(labels: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "zeroshot", "score", str(src), str(out), "--labels", labels,
+               "--model", tiny_model, "--backend", "null", "--no-progress"]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+
+    first = score("sports,politics,tech")
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    other = score("finance,weather")
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "other parameters: labels ['sports', 'politics', 'tech'] there, " in other.stderr
+    assert "['finance', 'weather'] now" in other.stderr and "--overwrite" in other.stderr
+    assert "[OK]" not in other.stdout
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    same = score("sports,politics,tech")
+    assert same.returncode == 0 and f"0 rows ({len(TEXTS)} already there)" in same.stdout
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -17,7 +17,7 @@ from pipelines.config import JobConfig
 from pipelines.errors import JobInputError
 from pipelines.files import _glob_match, done_mask, id_keys, inspect_output, resolve_input, unify
 from pipelines.job import prepare
-from pipelines.stages import PAIRS, StageSpec, assemble, encode
+from pipelines.stages import IDS, LENS, LOGITS, StageSpec, assemble, encode
 from zeroshot.config import Limits
 from zeroshot.errors import ErrorType, ZeroShotError
 
@@ -130,15 +130,16 @@ def test_stages_without_ray_match_the_pipeline(tiny_model, reference_pipeline, m
     encoded = encode(batch, spec=spec, done_ids=np.array([5]))
     assert encoded.num_rows == 5  # id 5 is already done
 
-    # What the Score actor does, minus Ray.
-    pairs = [np.asarray(p, np.int32) for row in encoded[PAIRS].to_pylist() for p in row]
+    # What the Score actor does, minus Ray: one flat id buffer and pair lengths per block.
+    ids = np.concatenate([np.asarray(r, np.int32) for r in encoded[IDS].to_pylist()])
+    lens = [np.asarray(r, np.int64) for r in encoded[LENS].to_pylist()]
+    assert [len(x) for x in lens] == [3, 0, 0, 0, 3]  # one pair per label; none on errors
     scorer = Scorer.from_pretrained(tiny_model, device="cpu", dtype="float32")
-    logits, _ = scorer.score(Pairs.from_list(pairs))
-    counts = [len(r) for r in encoded[PAIRS].to_pylist()]
-    bounds = np.cumsum([0] + counts)
+    logits, _ = scorer.score(Pairs.from_lengths(ids, np.concatenate(lens)))
+    bounds = np.cumsum([0] + [len(x) for x in lens])
     rows = [logits[a:b].reshape(-1).tolist() for a, b in zip(bounds[:-1], bounds[1:])]
-    scored = encoded.drop_columns([PAIRS]).append_column(
-        "__zs_logits", pa.array(rows, pa.list_(pa.float32()))
+    scored = encoded.drop_columns([IDS, LENS]).append_column(
+        LOGITS, pa.array(rows, pa.list_(pa.float32()))
     )
     out = assemble(scored, spec=spec, nli=NliLabels.from_config(load_config(tiny_model)))
     assert out.column_names == list(spec.output_columns)

@@ -54,6 +54,23 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def rank_labels(
+    logits: np.ndarray, n_labels: int, multi_label: bool, nli: NliLabels
+) -> tuple[np.ndarray, np.ndarray]:
+    """`assemble`'s scores for many sequences at once, as arrays: logits of `n` sequences x
+    `n_labels` pairs (encode order) give (order `[n, n_labels]`: label indices best first,
+    scores `[n, n_labels]` float32 in that order). Same arithmetic and the same tie order as
+    `assemble` (numpy sorts each row of a 2-D array as it sorts a 1-D one)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    reshaped = logits.reshape(-1, n_labels, logits.shape[-1])
+    if multi_label or n_labels == 1:
+        scores = _softmax(reshaped[..., [nli.contradiction_id, nli.entailment_id]])[..., 1]
+    else:
+        scores = _softmax(reshaped[..., nli.entailment_id])
+    order = np.argsort(scores, axis=-1)[:, ::-1]
+    return order, np.take_along_axis(scores, order, axis=-1)
+
+
 def assemble(
     req: ClassificationRequest, logits: np.ndarray, nli: NliLabels
 ) -> list[ClassificationResult]:

@@ -9,6 +9,7 @@ inside a text (`</s>`, `<s>`, `<pad>`) are encoded as plain text, never as contr
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -129,6 +130,47 @@ class PairEncoder:
             pairs = Pairs.from_lengths(np.concatenate(pieces), np.asarray(lengths, np.int64))
             out.append(EncodedRequest(req, pairs))
         return out
+
+    def encode_texts(self, texts: Sequence[str], labels: Sequence[str], template: str) -> Pairs:
+        """Pairs of every text with every label (text-major), as `encode_many` builds them for
+        one request, assembled with whole-array numpy operations instead of per-pair slices:
+        what a block of thousands of rows wants. Raises `HypothesisTooLongError`."""
+        request = ClassificationRequest((), tuple(labels), template)
+        hyps = self._hypotheses_for(request)
+        encodings = self._backend.encode_batch_fast(list(texts), add_special_tokens=False)
+        ids = [e.ids for e in encodings]
+        text_len = np.fromiter(map(len, ids), np.int64, len(ids))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(text_len.sum()))
+        return self.pairs_from_text_ids(flat, text_len, hyps)
+
+    def pairs_from_text_ids(
+        self, flat: np.ndarray, text_len: np.ndarray, hyps: Sequence[np.ndarray]
+    ) -> Pairs:
+        """Pairs `<s> text </s></s> hypothesis </s>` of every text (ids back to back, `text_len`
+        each) with every hypothesis, the text cut to fit the model (only-first truncation)."""
+        n, n_hyp = len(text_len), len(hyps)
+        hyp_len = np.fromiter(map(len, hyps), np.int64, n_hyp)
+        pre, mid, suf = self.prefix, self.middle, self.suffix
+        # One source buffer; every pair is 5 segments of it: prefix, text, middle, hyp, suffix.
+        src = np.concatenate([flat, *hyps, pre, mid, suf]).astype(np.int32, copy=False)
+        hyp_base = len(flat) + np.concatenate(([0], np.cumsum(hyp_len)[:-1])).astype(np.int64)
+        pre_base = len(flat) + int(hyp_len.sum())
+        mid_base, suf_base = pre_base + len(pre), pre_base + len(pre) + len(mid)
+        text_start = np.concatenate(([0], np.cumsum(text_len)[:-1])).astype(np.int64)
+        keep = np.minimum(text_len[:, None], self.max_length - self.num_special - hyp_len[None])
+        seg_start = np.empty((n, n_hyp, 5), np.int64)
+        seg_len = np.empty((n, n_hyp, 5), np.int64)
+        seg_start[..., 0], seg_len[..., 0] = pre_base, len(pre)
+        seg_start[..., 1], seg_len[..., 1] = text_start[:, None], keep
+        seg_start[..., 2], seg_len[..., 2] = mid_base, len(mid)
+        seg_start[..., 3], seg_len[..., 3] = hyp_base[None], hyp_len[None]
+        seg_start[..., 4], seg_len[..., 4] = suf_base, len(suf)
+        seg_start, seg_len = seg_start.reshape(-1), seg_len.reshape(-1)
+        total = int(seg_len.sum())
+        seg_out = np.concatenate(([0], np.cumsum(seg_len)[:-1]))
+        index = np.repeat(seg_start - seg_out, seg_len) + np.arange(total, dtype=np.int64)
+        lengths = seg_len.reshape(-1, 5).sum(axis=1)
+        return Pairs.from_lengths(src[index], lengths)
 
     def _hypotheses_for(self, req: ClassificationRequest) -> list[np.ndarray]:
         hyps = [self.hypothesis_ids(req.hypothesis_template, label) for label in req.labels]

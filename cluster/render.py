@@ -33,6 +33,7 @@ import yaml
 
 from pipelines.cli import command_line
 from pipelines.config import JobConfig
+from serve import fast_ingress
 from serve.config import CLASSIFIER_NAME, INGRESS_NAME, AppConfig
 from zeroshot.errors import ZeroShotError
 from zeroshot.requests import ClassificationRequest
@@ -141,6 +142,7 @@ def _pod(
     *,
     service_account: str | None = None,
     tolerations: tuple[dict[str, str], ...] = (),
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     volumes, mounts = _volumes()
     container: dict[str, Any] = {
@@ -151,6 +153,7 @@ def _pod(
         "env": [
             {"name": "HF_HOME", "value": s.hf_home},
             {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+            *({"name": k, "value": v} for k, v in (env or {}).items()),
         ],
         "volumeMounts": mounts,
         "securityContext": {"allowPrivilegeEscalation": False},
@@ -175,6 +178,12 @@ def _pod(
     return {"spec": spec}
 
 
+def _serve_env(serve_port: int | None) -> dict[str, str] | None:
+    # Pods that serve run Serve's high-throughput ingress (the image sets it too; said here
+    # for pods built from another image).
+    return dict(fast_ingress.ENV) if serve_port else None
+
+
 def head_group(s: Settings, serve_port: int | None, *, service_account: str | None = None):
     ports = [
         {"containerPort": 6379, "name": "gcs-server"},
@@ -186,7 +195,14 @@ def head_group(s: Settings, serve_port: int | None, *, service_account: str | No
         ports.append({"containerPort": serve_port, "name": "serve"})
     return {
         "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-        "template": _pod(s, "ray-head", s.head, ports, service_account=service_account),
+        "template": _pod(
+            s,
+            "ray-head",
+            s.head,
+            ports,
+            service_account=service_account,
+            env=_serve_env(serve_port),
+        ),
     }
 
 
@@ -216,6 +232,7 @@ def gpu_group(
             ports,
             service_account=service_account,
             tolerations=s.gpu_tolerations,
+            env=_serve_env(serve_port),
         ),
     }
 

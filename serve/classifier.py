@@ -49,31 +49,37 @@ class BatchSettings:
 class Part:
     """A length-sorted slice of one request's pairs: the unit queued on `@serve.batch`."""
 
-    request: int
+    request: int  # the call it came in (one call carries one or many requests)
     pairs: Pairs
     settings: BatchSettings
+    requests: frozenset[int] = frozenset()  # the requests its pairs belong to, when known
     arrived: float = field(default_factory=time.perf_counter)
     started: bool = False  # its batch has begun on the device (see BatchGate)
 
 
 class BatchGate:
-    """Lets parts into the `@serve.batch` queue one batch ahead of the device.
+    """Lets parts into the `@serve.batch` queue so that each batch is everything that arrived
+    while the previous one ran (continuous batching, as TEI and vLLM schedule).
 
-    Serve forms a batch as soon as its first item has waited `batch_wait_timeout_s`, whether
-    or not the device is free; with `max_concurrent_batches=1` the batches formed during a long
-    forward pass then queue up small (each holds what arrived in one wait window). The gate
-    holds new parts while earlier ones are queued but not started, and releases all it holds
-    the moment a batch starts: the next batch fills while the current one runs, as full as the
-    traffic allows. With nothing queued a part goes straight in, so light load pays nothing.
+    With the device idle a part goes straight in and runs at once: a lone request never waits
+    for company. Otherwise parts are held and released together when the running batch ends,
+    so they form one full batch. Serve alone would close a batch as soon as its first part had
+    waited `batch_wait_timeout_s`, device free or not, so batches formed during a long pass
+    would queue up small and stay small.
     """
 
     def __init__(self, submit: Callable[[Part], Awaitable]):
         self.submit = submit  # the @serve.batch method
+        self.busy = 0  # batches on the device
         self.released = 0  # parts handed to Serve's queue whose batch has not started
         self.held: list[tuple[Part, asyncio.Future]] = []
 
+    @property
+    def idle(self) -> bool:
+        return not self.busy and not self.released
+
     async def run(self, part: Part):
-        if not self.released and not self.held:
+        if self.idle and not self.held:
             return await self._release(part)
         waiter = asyncio.get_running_loop().create_future()
         self.held.append((part, waiter))
@@ -86,24 +92,29 @@ class BatchGate:
         finally:
             if not part.started:  # failed or cancelled before its batch began
                 part.started = True
-                self._started(1)
+                self.released = max(0, self.released - 1)
+                self._release_held()
 
     def started(self, parts: Sequence[Part]) -> None:
         """Called by the batch function as it begins: the device is taking these parts."""
-        n = 0
+        self.busy += 1
         for part in parts:
             if not part.started:
                 part.started = True
-                n += 1
-        self._started(n)
+                self.released = max(0, self.released - 1)
 
-    def _started(self, n: int) -> None:
-        self.released = max(0, self.released - n)
-        if not self.released and self.held:
-            held, self.held = self.held, []
-            for part, waiter in held:
-                if not waiter.done():
-                    _chain(asyncio.ensure_future(self._release(part)), waiter)
+    def finished(self) -> None:
+        """Called by the batch function as it ends: what was held forms the next batch."""
+        self.busy = max(0, self.busy - 1)
+        self._release_held()
+
+    def _release_held(self) -> None:
+        if not self.idle or not self.held:
+            return
+        held, self.held = self.held, []
+        for part, waiter in held:
+            if not waiter.done():
+                _chain(asyncio.ensure_future(self._release(part)), waiter)
 
 
 def _chain(task: asyncio.Future, waiter: asyncio.Future) -> None:
@@ -131,7 +142,7 @@ def batch_size(parts: list[Part]) -> int:
 
 
 def split_request(
-    request: int, pairs: Pairs, settings: BatchSettings
+    request: int, pairs: Pairs, settings: BatchSettings, owners: np.ndarray | None = None
 ) -> list[tuple[np.ndarray, Part]]:
     """Cut one request's pairs into parts the way forward passes are cut (length-sorted, under
     the token budget and `min_fill`) and at most `max_batch_size` pairs each, longest first,
@@ -140,9 +151,13 @@ def split_request(
     most = min(forward.max_batch_pairs, settings.batching.max_batch_size)
     cut = forward.model_copy(update={"max_batch_pairs": most})
     return [
-        (idx, Part(request, pairs.take(idx), settings))
+        (idx, Part(request, pairs.take(idx), settings, _owners(owners, idx)))
         for idx, _ in plan_batches(pairs.lengths, cut)
     ]
+
+
+def _owners(owners: np.ndarray | None, idx: np.ndarray) -> frozenset[int]:
+    return frozenset() if owners is None else frozenset(np.unique(owners[idx]).tolist())
 
 
 @dataclass
@@ -213,7 +228,7 @@ class BatchRunner:
 
     def _record(self, parts: list[Part], stats) -> None:
         s = self.stats
-        requests = len({part.request for part in parts})
+        requests = len(set().union(*(part.requests or {-1 - part.request} for part in parts)))
         s.batches += 1
         s.pairs += stats.pairs
         s.parts += len(parts)
@@ -252,7 +267,8 @@ class ZeroShotClassifier:
         self.scorer = Scorer.from_config(cfg, ray.get_gpu_ids(), cfg.batching.forward)
         self.settings = BatchSettings(cfg.batching, self.scorer.backend.device_type)
         self.runner = BatchRunner(self.scorer, classifier_metrics())
-        self.gate = BatchGate(self.score_parts)
+        self.gate = BatchGate(self._submit)
+        self._calls = 0
         self._requests = 0
         self.reconfigure(cfg.batching.model_dump())
         self._warm_up()
@@ -287,16 +303,94 @@ class ZeroShotClassifier:
         when the forward pass fails for this request."""
         if not isinstance(pairs, Pairs):
             raise InvalidInputError(f"expected Pairs, got {type(pairs).__name__}")
-        pairs.check(self.scorer.vocab_size, self.scorer.max_length)
-        self._requests += 1
-        parts = split_request(self._requests, pairs, self.settings)
+        if not len(pairs):
+            raise InvalidInputError("no pairs to score")
+        logits, errors = await self.score_requests(pairs, [len(pairs)])
+        if errors:
+            raise errors[0]
+        return logits
+
+    async def score_requests(
+        self, pairs: Pairs, counts: Sequence[int]
+    ) -> tuple[np.ndarray, dict[int, ZeroShotError]]:
+        """Logits of many requests' pairs, concatenated (`counts` pairs each, in order), and,
+        by request index, the error of each request that could not be scored (its rows are
+        zero). One call carries every request an ingress replica coalesced; each request still
+        fails alone: bad ids are refused before they join a batch, and a request whose shared
+        forward pass failed is scored again by itself."""
+        if not isinstance(pairs, Pairs):
+            raise InvalidInputError(f"expected Pairs, got {type(pairs).__name__}")
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.ndim != 1 or int(counts.sum()) != len(pairs) or (counts < 1).any():
+            raise InvalidInputError("counts must give each request's number of pairs (>= 1)")
+        errors = self._refuse_invalid(pairs, counts)
+        owner = np.repeat(np.arange(len(counts)), counts)  # request of each pair
+        first, self._requests = self._requests, self._requests + len(counts)
+        keep = np.flatnonzero(~np.isin(owner, list(errors))) if errors else None
+        out = np.zeros((len(pairs), self.scorer.num_labels), dtype=np.float32)
+        todo = pairs if keep is None else pairs.take(keep)
+        logits, failed = await self._run(todo, first + (owner if keep is None else owner[keep]))
+        out[slice(None) if keep is None else keep] = logits
+        if not failed:
+            return out, errors
+        if len(counts) == 1:
+            return out, {0: failed[0][1]}
+        # A failed part may span requests: each of them is scored again alone, so only the
+        # request that breaks a forward pass fails.
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        positions = np.concatenate([idx for idx, _ in failed])
+        rows = positions if keep is None else keep[positions]
+        for r in np.unique(owner[rows]).tolist():
+            span = np.arange(starts[r], starts[r] + counts[r])
+            alone, again = await self._run(pairs.take(span), np.full(len(span), first + r))
+            if again:
+                errors[r] = again[0][1]
+            else:
+                out[span] = alone
+        return out, errors
+
+    def _refuse_invalid(self, pairs: Pairs, counts: np.ndarray) -> dict[int, ZeroShotError]:
+        """Requests whose ids the model cannot take, by index (checked whole first: cheap)."""
+        vocab, longest = self.scorer.vocab_size, self.scorer.max_length
+        try:
+            pairs.check(vocab, longest)
+            return {}
+        except InvalidInputError as whole:
+            if len(counts) == 1:
+                return {0: whole}
+        errors: dict[int, ZeroShotError] = {}
+        start = 0
+        for r, n in enumerate(counts.tolist()):
+            try:
+                pairs.take(np.arange(start, start + n)).check(vocab, longest)
+            except InvalidInputError as exc:
+                errors[r] = exc
+            start += n
+        return errors
+
+    async def _run(
+        self, pairs: Pairs, owners: np.ndarray
+    ) -> tuple[np.ndarray, list[tuple[np.ndarray, ZeroShotError]]]:
+        """Logits of `pairs` (of the requests `owners`) through the shared batches, and the
+        failed parts (positions, error) with their rows left zero."""
+        self._calls += 1
+        parts = split_request(self._calls, pairs, self.settings, owners)
         results = await asyncio.gather(*(self.gate.run(part) for _, part in parts))
-        out = np.empty((len(pairs), self.scorer.num_labels), dtype=np.float32)
+        out = np.zeros((len(pairs), self.scorer.num_labels), dtype=np.float32)
+        failed = []
         for (idx, _), result in zip(parts, results):
             if isinstance(result, BaseException):
-                raise result
-            out[idx] = result
-        return out
+                failed.append((idx, result))
+            else:
+                out[idx] = result
+        return out, failed
+
+    async def _submit(self, part: Part):
+        # Serve reads the wait when a batch's first part arrives. A part the gate lets in while
+        # the device is busy joins parts that were all released at once: nothing to wait for.
+        wait = self.settings.batching.batch_wait_timeout_s if self.gate.idle else 0.0
+        self.score_parts.set_batch_wait_timeout_s(wait)
+        return await self.score_parts(part)
 
     # The batch size and wait come from the config through `reconfigure`, not from here.
     @serve.batch(batch_size_fn=batch_size)
@@ -308,6 +402,8 @@ class ZeroShotClassifier:
         except Exception as exc:  # noqa: BLE001 - last resort, still per part
             log.exception("batch runner failed")
             return [from_exception(exc)] * len(parts)
+        finally:
+            self.gate.finished()
 
     def info(self) -> dict:
         return {

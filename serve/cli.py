@@ -41,6 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)"
     )
     parser.add_argument("--name", default=None, help="Serve application name")
+    parser.add_argument(
+        "--no-fast-ingress",
+        dest="fast_ingress",
+        action="store_false",
+        help="use Serve's default Python proxy instead of its HAProxy high-throughput ingress "
+        "(on by default for the local Ray this starts; a joined cluster decides for itself)",
+    )
 
 
 def config_from_args(args: argparse.Namespace):
@@ -51,6 +58,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
+    from serve import fast_ingress
     from serve.config import APP_NAME
 
     cfg = config_from_args(args)
@@ -68,7 +76,24 @@ def main(args: argparse.Namespace) -> int:
     from serve.ui import banner
 
     started_ray = False
+    fast = False
     if args.address is None:
+        if fast_ingress.port_in_use(args.host, args.port):
+            print(
+                f"error: port {args.port} on {args.host} is in use (another zeroshot serve?); "
+                "stop it or pick another with --port",
+                file=sys.stderr,
+            )
+            return 1
+        fast = args.fast_ingress and fast_ingress.requested()
+        why = fast_ingress.problem() if fast else None
+        if why:
+            print(f"fast ingress off: {why}; using Serve's default proxy", file=sys.stderr)
+            fast = False
+        if fast:
+            fast_ingress.enable(local=True)
+        else:
+            fast_ingress.disable()
         ray.init(num_cpus=args.num_cpus)
         started_ray = True
         if cfg.classifier.torch_threads is None and not cfg.classifier_gpus(cluster_gpus()):
@@ -84,8 +109,23 @@ def main(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    http_options = {"host": args.host, "port": args.port}
     try:
-        serve.start(http_options={"host": args.host, "port": args.port})
+        try:
+            serve.start(http_options=http_options)
+        except Exception as exc:  # noqa: BLE001 - HAProxy failed to start: fall back once
+            if not fast:
+                raise
+            print(
+                f"fast ingress off: HAProxy did not start ({str(exc).splitlines()[0][:200]}); "
+                "restarting with Serve's default proxy",
+                file=sys.stderr,
+            )
+            serve.shutdown()
+            ray.shutdown()
+            fast_ingress.disable()
+            ray.init(num_cpus=args.num_cpus)
+            serve.start(http_options=http_options)
         serve.run(build(cfg), name=name, route_prefix="/")
         shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         url = f"http://{shown}:{args.port}"

@@ -35,10 +35,12 @@ class ServeBatching(BaseModel):
         "(the batch is sized in pairs, not in requests). 1 turns cross-request batching off.",
     )
     batch_wait_timeout_s: float = Field(
-        0.01,
+        0.0,
         ge=0.0,
-        description="How long the first pair of a batch waits for others before the batch runs "
-        "anyway (seconds).",
+        description="How long a batch waits for more pairs when the device is idle (seconds). "
+        "Under load each batch is what arrived during the previous forward pass, so 0 (an idle "
+        "device runs a lone request at once) costs no throughput; raising it trades a lone "
+        "request's latency for fuller batches at light load.",
     )
     forward: BatchingConfig = Field(
         default_factory=BatchingConfig,
@@ -70,6 +72,12 @@ class ReplicaSettings(BaseModel):
     graceful_shutdown_timeout_s: float = Field(
         20.0, ge=0, description="How long a stopping replica may finish the requests it holds."
     )
+    access_log: bool = Field(
+        False,
+        description="Serve's own access log line per call in the replica's log. Off by default: "
+        "the ingress logs each request itself (request id, pairs, tokens, time), refusals and "
+        "failures included, and a second line per request costs several percent of its CPU.",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> ReplicaSettings:
@@ -91,6 +99,7 @@ class ReplicaSettings(BaseModel):
             "health_check_timeout_s": self.health_check_timeout_s,
             "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
             "ray_actor_options": {"num_cpus": self.num_cpus},
+            "logging_config": {"enable_access_log": self.access_log},
         }
 
 
@@ -111,6 +120,14 @@ class IngressSettings(ReplicaSettings):
     )
     target_ongoing_requests: float = Field(
         64, gt=0, description="Ongoing requests per replica the autoscaler aims for."
+    )
+    max_calls_in_flight: int = Field(
+        2,
+        ge=1,
+        description="Calls to the classifier one ingress replica keeps in flight; requests "
+        "arriving meanwhile wait and leave together in the next call (one tokenizer call, one "
+        "handle call for tens of requests under load). 2 keeps one call scoring while the next "
+        "is built; more means smaller calls, each paying Serve's per-call cost.",
     )
 
 

@@ -23,6 +23,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from serve.coalesce import Coalescer
 from serve.config import INGRESS_NAME, AppConfig
 from serve.errors import error_response, to_error
 from serve.metrics import Metrics, ingress_metrics, metrics_info
@@ -36,14 +37,28 @@ from serve.schemas import (
 )
 from serve.ui import add_ui_routes
 from zeroshot.config import DEFAULT_TEMPLATE
-from zeroshot.errors import BodyTooLargeError, ErrorType, InvalidJSONError, UnauthorizedError
+from zeroshot.errors import (
+    BodyTooLargeError,
+    ErrorType,
+    InvalidJSONError,
+    ModelUnavailableError,
+    UnauthorizedError,
+)
+from zeroshot.pairs import Pairs, split
 
 log = logging.getLogger("ray.serve")
 
+# Tokenizing this much text takes a millisecond or more: off the event loop then, so it does
+# not stall other requests; less is cheaper inline than a thread hop.
+INLINE_ENCODE_CHARS = 16_384
+# How long /healthz waits for a classifier replica to answer before saying 503.
+READY_TIMEOUT_S = 2.0
+
 OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 
-# Pairs -> logits; the deployment passes its handle, unit tests a local function.
-ScoreFn = Callable[[Any], Awaitable[Any]]
+# (pairs, counts) -> (logits, {request index: error}); the deployment passes its handle, unit
+# tests a local function.
+ScoreFn = Callable[[Any, list[int]], Awaitable[tuple[Any, dict]]]
 InfoFn = Callable[[], Awaitable[dict]]
 
 
@@ -101,6 +116,26 @@ class ApiKeyMiddleware:
         await response(scope, receive, send)
 
 
+class HotRoutes:
+    """POST / and POST /v1/classify answered as plain ASGI, inside the API-key check.
+
+    The classify routes are the service's whole load; FastAPI's routing, dependency solving
+    and exception middlewares cost about as much per request as our own work and add nothing
+    to them: their handlers read and answer the body themselves, errors included."""
+
+    def __init__(self, app, routes: dict[str, Callable[[Request], Awaitable[Any]]]):
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self.routes.get(_route_path(scope))
+            if handler is not None:
+                response = await handler(Request(scope, receive))
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def _route_path(scope) -> str:
     # Under a Serve route prefix the prefix arrives as root_path; auth is about the app's route.
     path, root = scope.get("path", "/"), scope.get("root_path", "")
@@ -110,7 +145,11 @@ def _route_path(scope) -> str:
 
 
 class Service:
-    """The ingress's work, free of Serve: encode -> score (remote) -> assemble."""
+    """The ingress's work, free of Serve: validate -> encode -> score (remote) -> assemble.
+
+    Concurrent requests are coalesced (`serve.coalesce`): each classifier call carries every
+    request that arrived while earlier calls were in flight, encoded with one tokenizer call
+    and assembled together; a request that breaks encoding or scoring fails alone."""
 
     def __init__(self, config: AppConfig, frontend, score: ScoreFn, info: InfoFn, metrics=None):
         self.config = config
@@ -118,9 +157,16 @@ class Service:
         self.score = score
         self.remote_info = info
         self.metrics: Metrics = metrics or Metrics([])
+        self.calls: Coalescer = Coalescer(
+            self._flush,
+            max_in_flight=config.ingress.max_calls_in_flight,
+            # About one classifier batch per call; a bigger request travels alone.
+            max_size=config.batching.max_batch_size,
+            size=lambda request: len(request.sequences) * len(request.labels),
+        )
+        self._ready_until = 0.0
 
     async def classify(self, sequences, labels, template, multi_label) -> tuple[list, dict]:
-        rid = _request_id()
         t0 = time.perf_counter()
         request = self.frontend.request(
             sequences,
@@ -128,29 +174,70 @@ class Service:
             DEFAULT_TEMPLATE if template is None else template,
             bool(multi_label),
         )
-        # Tokenizing a few hundred long texts takes long enough to stall other requests.
-        encoded = await asyncio.to_thread(self.frontend.encode, request)
-        t1 = time.perf_counter()
-        logits = await self.score(encoded.pairs)
-        t2 = time.perf_counter()
-        results = self.frontend.assemble(request, logits)
-        t3 = time.perf_counter()
-        self.metrics.observe("zeroshot_encode_seconds", t1 - t0)
-        self.metrics.observe("zeroshot_assemble_seconds", t3 - t2)
-        usage = {"pairs": len(encoded.pairs), "tokens": encoded.num_tokens}
+        results, usage = await self.calls.submit(request)
+        # The service's access log (Serve's own is off: this line says more for the same cost).
         log.info(
-            "classified request_id=%s sequences=%d labels=%d pairs=%d tokens=%d "
-            "encode_ms=%.1f score_ms=%.1f assemble_ms=%.1f",
-            rid,
+            "classified request_id=%s sequences=%d labels=%d pairs=%d tokens=%d ms=%.1f",
+            _request_id(),
             len(request.sequences),
             len(request.labels),
             usage["pairs"],
             usage["tokens"],
-            1e3 * (t1 - t0),
-            1e3 * (t2 - t1),
-            1e3 * (t3 - t2),
+            1e3 * (time.perf_counter() - t0),
         )
         return results, usage
+
+    async def _flush(self, requests: list) -> list:
+        """One classifier call for `requests`: (results, usage) or the error, per request."""
+        t0 = time.perf_counter()
+        chars = sum(len(text) for request in requests for text in request.sequences)
+        if chars > INLINE_ENCODE_CHARS:
+            encoded = await asyncio.to_thread(self.frontend.encode_many, requests)
+        else:
+            encoded = self.frontend.encode_many(requests)
+        out: list = list(encoded)  # encoding errors stay in place
+        ok = [i for i, e in enumerate(encoded) if not isinstance(e, BaseException)]
+        t1 = time.perf_counter()
+        if ok:
+            counts = [len(encoded[i].pairs) for i in ok]
+            logits, errors = await self.score(Pairs.concat([encoded[i].pairs for i in ok]), counts)
+            t2 = time.perf_counter()
+            for j, (i, rows) in enumerate(zip(ok, split(logits, counts))):
+                if j in errors:
+                    out[i] = errors[j]
+                    continue
+                enc = encoded[i]
+                usage = {"pairs": len(enc.pairs), "tokens": enc.num_tokens}
+                out[i] = (self.frontend.assemble(enc.request, rows), usage)
+            t3 = time.perf_counter()
+            self.metrics.observe("zeroshot_assemble_seconds", t3 - t2)
+        self.metrics.observe("zeroshot_encode_seconds", t1 - t0)
+        self.metrics.observe("zeroshot_call_requests", len(requests))
+        self.metrics.inc("zeroshot_requests", len(requests))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "classifier call: requests=%d pairs=%d encode_ms=%.1f",
+                len(requests),
+                sum(len(encoded[i].pairs) for i in ok),
+                1e3 * (t1 - t0),
+            )
+        return out
+
+    async def ready(self) -> None:
+        """Return when a request would be scored now (a classifier replica answers), else raise
+        `ModelUnavailableError`. A success is trusted for a second, so probes cost little."""
+        if time.monotonic() < self._ready_until:
+            return
+        try:
+            await asyncio.wait_for(self.remote_info(), READY_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            reason = (
+                "no classifier replica answered in time"
+                if isinstance(exc, asyncio.TimeoutError)
+                else f"the classifier is unavailable ({type(exc).__name__})"
+            )
+            raise ModelUnavailableError(f"not ready: {reason}", retry_after_s=1) from None
+        self._ready_until = time.monotonic() + 1.0
 
     async def info(self) -> dict:
         # Asked each time: device and dtype are decided on the classifier replica (dtype=auto,
@@ -234,13 +321,6 @@ def create_api(service: Service) -> FastAPI:
 
     schemas: dict[str, type] = {}
 
-    @app.post(
-        "/",
-        response_model=list[LabelScore] | list[list[LabelScore]],
-        responses=_ERRORS,
-        openapi_extra=body_doc(HFRequest),
-        summary="Classify (Hugging Face Inference API shape)",
-    )
     async def hf_inference(request: Request):
         try:
             body = parse(HFRequest, await read_json(request, cfg.max_body_bytes))
@@ -259,13 +339,6 @@ def create_api(service: Service) -> FastAPI:
         ]
         return JSONResponse(answer[0] if isinstance(body.inputs, str) else answer)
 
-    @app.post(
-        "/v1/classify",
-        response_model=ClassifyResponse,
-        responses=_ERRORS,
-        openapi_extra=body_doc(ClassifyRequest),
-        summary="Classify several sequences against one label set",
-    )
     async def classify(request: Request):
         try:
             body = parse(ClassifyRequest, await read_json(request, cfg.max_body_bytes))
@@ -276,6 +349,22 @@ def create_api(service: Service) -> FastAPI:
             return service.failed(exc)
         return JSONResponse({"model": cfg.model, "results": results, "usage": usage})
 
+    # Registered for /docs and the OpenAPI schema; requests reach them through `HotRoutes`.
+    app.post(
+        "/",
+        response_model=list[LabelScore] | list[list[LabelScore]],
+        responses=_ERRORS,
+        openapi_extra=body_doc(HFRequest),
+        summary="Classify (Hugging Face Inference API shape)",
+    )(hf_inference)
+    app.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        responses=_ERRORS,
+        openapi_extra=body_doc(ClassifyRequest),
+        summary="Classify several sequences against one label set",
+    )(classify)
+
     @app.get("/v1/info", summary="Model, device, dtype, label mapping and limits")
     async def info():
         try:
@@ -283,8 +372,16 @@ def create_api(service: Service) -> FastAPI:
         except Exception as exc:  # noqa: BLE001
             return service.failed(exc)
 
-    @app.get("/healthz", summary="Liveness of the HTTP ingress")
+    @app.get(
+        "/healthz",
+        summary="Readiness: 200 when a request would be scored now, else 503",
+        responses={503: _ERRORS[503]},
+    )
     async def healthz():
+        try:
+            await service.ready()
+        except Exception as exc:  # noqa: BLE001
+            return service.failed(exc)
         return {"status": "ok"}
 
     @app.exception_handler(StarletteHTTPException)
@@ -306,6 +403,7 @@ def create_api(service: Service) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
 
+    app.add_middleware(HotRoutes, routes={"/": hf_inference, "/v1/classify": classify})
     key = cfg.resolved_api_key()
     if key:
         app.add_middleware(ApiKeyMiddleware, key=key)
@@ -329,8 +427,8 @@ class ZeroShotIngress:
         )
         self.service = Service(self.config, frontend, self._score, self._info, ingress_metrics())
 
-    async def _score(self, pairs):
-        return await self.classifier.score.remote(pairs)
+    async def _score(self, pairs, counts):
+        return await self.classifier.score_requests.remote(pairs, counts)
 
     async def _info(self) -> dict:
         return await self.classifier.info.remote()

@@ -20,8 +20,18 @@ RATIOS = [0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 # name -> (description, boundaries)
 HISTOGRAMS: dict[str, tuple[str, Sequence[float]]] = {
-    "zeroshot_encode_seconds": ("Ingress: validate and tokenize one request.", SECONDS),
-    "zeroshot_assemble_seconds": ("Ingress: logits to label scores for one request.", SECONDS),
+    "zeroshot_encode_seconds": (
+        "Ingress: tokenize the requests of one classifier call (coalesced).",
+        SECONDS,
+    ),
+    "zeroshot_assemble_seconds": (
+        "Ingress: logits to label scores for the requests of one classifier call.",
+        SECONDS,
+    ),
+    "zeroshot_call_requests": (
+        "Ingress: requests carried by one classifier call (concurrent requests coalesce).",
+        COUNTS,
+    ),
     "zeroshot_queue_seconds": (
         "Classifier: from a request part's arrival to the start of its batch's forward passes.",
         SECONDS,
@@ -44,6 +54,7 @@ HISTOGRAMS: dict[str, tuple[str, Sequence[float]]] = {
 # Counters are exact where Ray's exported histogram sums are not (Ray 2.60 rebuilds them from
 # bucket midpoints), so means such as pairs per batch come from these.
 COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "zeroshot_requests": ("Ingress: requests sent to the classifier.", ()),
     "zeroshot_request_errors": (
         "Ingress: requests answered with an error, by type and status.",
         ("type", "status"),
@@ -87,7 +98,8 @@ class Metrics:
 
 def ingress_metrics() -> Metrics:
     return Metrics(
-        ["zeroshot_encode_seconds", "zeroshot_assemble_seconds"], ["zeroshot_request_errors"]
+        ["zeroshot_encode_seconds", "zeroshot_assemble_seconds", "zeroshot_call_requests"],
+        ["zeroshot_requests", "zeroshot_request_errors"],
     )
 
 

@@ -110,7 +110,7 @@ def test_batch_runner_isolates_a_failing_part():
     assert runner.stats.max_requests_per_batch == 2
 
 
-def test_batch_gate_fills_the_next_batch_while_one_runs():
+def test_batch_gate_forms_each_batch_from_what_arrived_while_one_ran():
     """A fake Serve queue: parts are queued by `submit` and run when the test starts a batch."""
 
     async def scenario():
@@ -128,36 +128,70 @@ def test_batch_gate_fills_the_next_batch_while_one_runs():
             batch = [(p, f) for p, f in queued if not f.cancelled()]  # as Serve drops them
             queued[:] = []
             gate.started([p for p, _ in batch])
-            await asyncio.sleep(0)  # let released parts reach the queue
             return batch
+
+        async def finish_batch(batch):
+            for part, fut in batch:
+                fut.set_result(f"r{part.request}")
+            gate.finished()
+            await asyncio.sleep(0)  # let released parts reach the queue
 
         parts = [Part(i, _pairs([1]), settings) for i in range(6)]
         first = asyncio.create_task(gate.run(parts[0]))
         await asyncio.sleep(0)
-        assert len(queued) == 1  # idle: straight in
+        assert len(queued) == 1 and gate.idle is False  # idle device: straight in
         rest = [asyncio.create_task(gate.run(p)) for p in parts[1:]]
         await asyncio.sleep(0)
-        assert len(queued) == 1 and len(gate.held) == 5  # one batch is already waiting
+        assert len(queued) == 1 and len(gate.held) == 5  # a batch is formed: hold
         rest[1].cancel()  # a request cancelled while held never reaches the queue
-        running = await start_batch()  # batch 1 starts: everything held is released at once
-        assert [p.request for p, _ in running] == [0]
-        assert sorted(p.request for p, _ in queued) == [1, 3, 4, 5]
-        running[0][1].set_result("r0")
-        assert await first == "r0"
+        running = await start_batch()
+        assert [p.request for p, _ in running] == [0] and not queued  # busy: still held
         late = asyncio.create_task(gate.run(Part(9, _pairs([1]), settings)))
         await asyncio.sleep(0)
-        assert len(gate.held) == 1  # batch 2 is formed but not started: hold
+        assert len(gate.held) == 6
+        await finish_batch(running)  # batch 1 ends: everything held forms batch 2, together
+        assert await first == "r0"
+        assert sorted(p.request for p, _ in queued) == [1, 3, 4, 5, 9]
         queued[0][1].cancel()  # a released part dropped before its batch began (Serve)
         await asyncio.sleep(0)
-        assert gate.released == 3
+        assert gate.released == 4
         batch2 = await start_batch()
-        assert [p.request for p, _ in queued] == [9]  # released when batch 2 began
-        for part, fut in batch2:
-            fut.set_result(f"r{part.request}")
-        queued[0][1].set_result("r9")
+        assert gate.released == 0 and gate.busy == 1
+        await finish_batch(batch2)
         assert await late == "r9"
         assert [await t for t in rest[2:]] == ["r3", "r4", "r5"]
         assert rest[1].cancelled() and rest[0].cancelled()
+        assert gate.idle and not gate.held
+        again = asyncio.create_task(gate.run(Part(10, _pairs([1]), settings)))
+        await asyncio.sleep(0)
+        assert [p.request for p, _ in queued] == [10]  # idle again: straight in
+        again.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_lone_part_does_not_strand_the_parts_held_behind_it():
+    async def scenario():
+        settings = BatchSettings(ServeBatching())
+        queued: list[tuple[Part, asyncio.Future]] = []
+
+        async def submit(part):
+            fut = asyncio.get_running_loop().create_future()
+            queued.append((part, fut))
+            return await fut
+
+        gate = BatchGate(submit)
+        lone = asyncio.create_task(gate.run(Part(0, _pairs([1]), settings)))
+        await asyncio.sleep(0)
+        behind = asyncio.create_task(gate.run(Part(1, _pairs([1]), settings)))
+        await asyncio.sleep(0)
+        assert len(gate.held) == 1
+        lone.cancel()  # its batch never starts (the client went away)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert [p.request for p, _ in queued[1:]] == [1]  # released, not stranded
+        queued[1][1].set_result("r1")
+        assert await behind == "r1"
 
     asyncio.run(scenario())
 

@@ -54,8 +54,8 @@ def clf(tiny_model) -> ZeroShotClassifier:
 
 
 def make_app(clf: ZeroShotClassifier, tiny_model: str, api_key: str | None = None):
-    async def score(pairs):
-        return clf.scorer.score(pairs)[0]
+    async def score(pairs, counts):
+        return clf.scorer.score(pairs)[0], {}
 
     async def info():
         return {"device": "cpu", "dtype": "float32", "batching": {}}

@@ -1,0 +1,92 @@
+"""Coalescing: concurrent requests of one ingress replica travel to the classifier together.
+
+A request that arrives while earlier calls are in flight waits for the next free call slot,
+and everything waiting then leaves in one call (one tokenizer call, one handle call, one
+pickle). Serve's per-call cost (router, gRPC, serialization, replica bookkeeping) is then paid
+once per call, not per request: under load a call carries tens of requests. A request that
+finds a free slot leaves on the next event-loop turn, so a lone request never waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Coalescer(Generic[T, R]):
+    """Runs `flush(items)` for the items submitted while up to `max_in_flight` flushes run.
+
+    `flush` returns one result (or exception, returned in place) per item. A flush takes
+    waiting items in order until their `size` would exceed `max_size` (always at least one).
+    """
+
+    def __init__(
+        self,
+        flush: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]],
+        *,
+        max_in_flight: int,
+        max_size: int,
+        size: Callable[[T], int] = lambda _: 1,
+    ):
+        if max_in_flight < 1 or max_size < 1:
+            raise ValueError("max_in_flight and max_size must be >= 1")
+        self.flush = flush
+        self.max_in_flight = max_in_flight
+        self.max_size = max_size
+        self.size = size
+        self.in_flight = 0
+        self.waiting: deque[tuple[T, asyncio.Future]] = deque()
+        self._scheduled = False
+        self._tasks: set[asyncio.Task] = set()
+
+    async def submit(self, item: T) -> R:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append((item, future))
+        self._schedule()
+        return await future
+
+    def _schedule(self) -> None:
+        # On the next loop turn, not now: requests parsed in the same turn leave together.
+        if self.waiting and not self._scheduled and self.in_flight < self.max_in_flight:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._scheduled = False
+        # Requests whose client went away (cancelled) are dropped before any work is done.
+        self.waiting = deque((item, fut) for item, fut in self.waiting if not fut.done())
+        while self.waiting and self.in_flight < self.max_in_flight:
+            batch, total = [], 0
+            while self.waiting:
+                size = self.size(self.waiting[0][0])
+                if batch and total + size > self.max_size:
+                    break
+                batch.append(self.waiting.popleft())
+                total += size
+            self.in_flight += 1
+            task = asyncio.ensure_future(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[tuple[T, asyncio.Future]]) -> None:
+        try:
+            results: Sequence = await self.flush([item for item, _ in batch])
+        except BaseException as exc:  # noqa: BLE001 - every waiter gets the failure
+            results = [exc] * len(batch)
+            if isinstance(exc, asyncio.CancelledError):
+                results = [RuntimeError("the ingress is stopping")] * len(batch)
+        finally:
+            self.in_flight -= 1
+            self._schedule()
+        for (_, future), result in zip(batch, results):
+            if future.done():  # the client went away meanwhile
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)

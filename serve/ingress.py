@@ -20,11 +20,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from serve.coalesce import Coalescer
-from serve.config import INGRESS_NAME, AppConfig
+from serve.config import INGRESS_NAME, AppConfig, IngressState
 from serve.errors import error_response, to_error
 from serve.metrics import Metrics, ingress_metrics, metrics_info
 from serve.schemas import (
@@ -39,9 +40,12 @@ from serve.ui import add_ui_routes
 from zeroshot.config import DEFAULT_TEMPLATE
 from zeroshot.errors import (
     BodyTooLargeError,
+    DeadlineExceededError,
     ErrorType,
     InvalidJSONError,
     ModelUnavailableError,
+    OverloadedError,
+    ShuttingDownError,
     UnauthorizedError,
 )
 from zeroshot.pairs import Pairs, split
@@ -51,6 +55,8 @@ log = logging.getLogger("ray.serve")
 # Tokenizing this much text takes a millisecond or more: off the event loop then, so it does
 # not stall other requests; less is cheaper inline than a thread hop.
 INLINE_ENCODE_CHARS = 16_384
+# A classifier replica died or became unreachable under a call: worth one retry.
+RETRYABLE = (RayActorError, ActorUnavailableError)
 # How long /healthz waits for a classifier replica to answer before saying 503.
 READY_TIMEOUT_S = 2.0
 
@@ -165,8 +171,33 @@ class Service:
             size=lambda request: len(request.sequences) * len(request.labels),
         )
         self._ready_until = 0.0
+        self.draining = False
+        self.in_flight = 0  # requests accepted and not answered yet
 
     async def classify(self, sequences, labels, template, multi_label) -> tuple[list, dict]:
+        if self.draining:
+            raise ShuttingDownError("this instance is stopping; retry (another one will answer)")
+        timeout = self.config.request_timeout_s
+        wait = self.calls.expected_wait_s()
+        if wait > timeout:
+            # Shed at the door: queued, it would time out anyway, after using a slot.
+            raise OverloadedError(
+                f"overloaded: the work queued ahead would take about {wait:.0f} s, more than "
+                f"the {timeout:g} s deadline; retry later",
+                retry_after_s=min(wait - timeout + 1, 30),
+            )
+        self.in_flight += 1
+        try:
+            async with asyncio.timeout(timeout):  # no extra task, unlike wait_for
+                return await self._classify(sequences, labels, template, multi_label)
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"the request took longer than its {timeout:g} s deadline; retry later"
+            ) from None
+        finally:
+            self.in_flight -= 1
+
+    async def _classify(self, sequences, labels, template, multi_label) -> tuple[list, dict]:
         t0 = time.perf_counter()
         request = self.frontend.request(
             sequences,
@@ -200,7 +231,14 @@ class Service:
         t1 = time.perf_counter()
         if ok:
             counts = [len(encoded[i].pairs) for i in ok]
-            logits, errors = await self.score(Pairs.concat([encoded[i].pairs for i in ok]), counts)
+            pairs = Pairs.concat([encoded[i].pairs for i in ok])
+            try:
+                logits, errors = await self.score(pairs, counts)
+            except RETRYABLE as exc:
+                # Scoring is idempotent: a call whose classifier replica died is sent once
+                # more; Serve routes it to a live replica when there is one.
+                log.warning("classifier call failed (%r); retrying once", exc)
+                logits, errors = await self.score(pairs, counts)
             t2 = time.perf_counter()
             for j, (i, rows) in enumerate(zip(ok, split(logits, counts))):
                 if j in errors:
@@ -226,6 +264,8 @@ class Service:
     async def ready(self) -> None:
         """Return when a request would be scored now (a classifier replica answers), else raise
         `ModelUnavailableError`. A success is trusted for a second, so probes cost little."""
+        if self.draining:
+            raise ShuttingDownError("not ready: this instance is stopping")
         if time.monotonic() < self._ready_until:
             return
         try:
@@ -426,6 +466,17 @@ class ZeroShotIngress:
             self.config.model, self.config.revision, self.config.limits
         )
         self.service = Service(self.config, frontend, self._score, self._info, ingress_metrics())
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Apply the ingress's `IngressState` (e.g. draining before a stop) on this replica."""
+        state = IngressState.model_validate(user_config or {})
+        self.service.draining = state.draining
+        if state.draining:
+            log.info("draining: new requests get 503; %d in flight", self.service.in_flight)
+
+    async def pending(self) -> int:
+        """Requests this replica accepted and has not answered yet."""
+        return self.service.in_flight
 
     async def _score(self, pairs, counts):
         return await self.classifier.score_requests.remote(pairs, counts)

@@ -1,0 +1,170 @@
+"""Faults of the Serve app with real processes and real signals: `zeroshot serve` stopped under
+load, its classifier replica SIGKILLed under load. Every request sent gets a 200 with a right
+answer or a JSON 503 with Retry-After; never a 500, a plain-text error, a cut connection for a
+request already accepted, or a hang.
+
+The app runs as users start it (`python -m zeroshot serve`, its own local Ray, the fast
+ingress) on the null backend slowed to a device's pace (--null-pairs-per-s), so requests are
+in flight when the fault lands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import psutil
+import pytest
+
+pytestmark = pytest.mark.ray
+
+LABELS = ["sports", "politics", "business", "health"]
+ONE = {"inputs": "The match went to extra time.", "parameters": {"candidate_labels": LABELS}}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(model: str, *extra: str):
+    port = _free_port()
+    cmd = [sys.executable, "-m", "zeroshot", "serve", "--model", model, "--backend", "null"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port), *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, f"zeroshot serve exited: {proc.stdout.read()[-3000:]}"
+            assert time.time() < deadline, "the app did not get ready within 120 s"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            time.sleep(0.5)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(90)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+def _check_answer(r: httpx.Response) -> str:
+    """'ok' for a right 200, 'retry' for a JSON 503 with Retry-After; fails on anything else."""
+    if r.status_code == 200:
+        body = r.json()
+        assert sorted(x["label"] for x in body) == sorted(LABELS), body
+        assert abs(sum(x["score"] for x in body) - 1) < 1e-3, body
+        return "ok"
+    assert r.status_code == 503, (r.status_code, r.headers, r.text[:300])
+    assert r.headers["content-type"].startswith("application/json"), r.text[:300]
+    assert r.json()["error"]["type"] in {"shutting_down", "model_unavailable", "overloaded"}
+    assert int(r.headers["retry-after"]) >= 0
+    return "retry"
+
+
+def _load(url: str, clients: int, stop: threading.Event, out: list) -> list[threading.Thread]:
+    def client():
+        with httpx.Client(timeout=60) as http:
+            while not stop.is_set():
+                try:
+                    out.append(http.post(f"{url}/", json=ONE))
+                except httpx.HTTPError as exc:  # a cut connection: recorded, asserted on
+                    out.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones_with_json(tiny_model):
+    # 16 x 8 = 128 pairs at 200 pairs/s: each request takes ~0.6 s of "device" time.
+    big = {
+        "sequences": [f"Report number {i} on the league." for i in range(16)],
+        "candidate_labels": LABELS * 2,
+    }
+    big["candidate_labels"] = [f"{label} {i}" for i, label in enumerate(big["candidate_labels"])]
+    with serving(tiny_model, "--null-pairs-per-s", "200") as (proc, url):
+        results: list = []
+
+        def send():
+            try:
+                results.append(httpx.post(f"{url}/v1/classify", json=big, timeout=60))
+            except httpx.HTTPError as exc:
+                results.append(exc)
+
+        senders = [threading.Thread(target=send) for _ in range(4)]
+        for t in senders:
+            t.start()
+        time.sleep(0.5)  # all four accepted, the first ones scoring
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        late = []
+        with contextlib.suppress(httpx.HTTPError):  # refused, or already closed: both fine
+            late.append(httpx.post(f"{url}/", json=ONE, timeout=10))
+        for t in senders:
+            t.join(60)
+        assert proc.wait(90) == 0
+        out = proc.stdout.read()
+    assert len(results) == 4
+    for r in results:
+        assert isinstance(r, httpx.Response), f"an accepted request was cut: {r!r}\n{out[-2000:]}"
+        assert r.status_code == 200, r.text
+        assert len(r.json()["results"]) == 16
+    for r in late:
+        assert _check_answer(r) == "retry"
+    assert "stopping: finishing requests in flight" in out
+
+
+def test_a_killed_classifier_replica_costs_at_most_a_json_503(tiny_model):
+    with serving(tiny_model, "--null-pairs-per-s", "2000") as (proc, url):
+        stop, out = threading.Event(), []
+        threads = _load(url, 4, stop, out)
+        time.sleep(2)
+        victims = [
+            p
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if "ZeroShotClassifier" in " ".join(p.cmdline())
+        ]
+        assert victims, "no classifier replica process found"
+        for p in victims:
+            p.kill()
+        killed_at = time.time()
+        health = []
+        while time.time() - killed_at < 60:
+            r = httpx.get(f"{url}/healthz", timeout=10)
+            health.append(r.status_code)
+            if r.status_code == 200 and time.time() - killed_at > 3:
+                break
+            time.sleep(0.25)
+        time.sleep(2)
+        stop.set()
+        for t in threads:
+            t.join(60)
+    answers = [r for r in out if isinstance(r, httpx.Response)]
+    cut = [r for r in out if not isinstance(r, httpx.Response)]
+    assert not cut, cut[:3]
+    kinds = [_check_answer(r) for r in answers]
+    assert kinds.count("ok") > 10 and kinds[-1] == "ok", kinds[-20:]
+    assert health[-1] == 200, health  # it recovered by itself

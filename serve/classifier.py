@@ -61,15 +61,16 @@ class BatchGate:
     """Lets parts into the `@serve.batch` queue so that each batch is everything that arrived
     while the previous one ran (continuous batching, as TEI and vLLM schedule).
 
-    With the device idle a part goes straight in and runs at once: a lone request never waits
-    for company. Otherwise parts are held and released together when the running batch ends,
-    so they form one full batch. Serve alone would close a batch as soon as its first part had
-    waited `batch_wait_timeout_s`, device free or not, so batches formed during a long pass
-    would queue up small and stay small.
+    With the device idle a part goes straight in (`alone`: nothing queued or running, so it
+    may run at once) and parts arriving while its batch forms join it. While a batch runs,
+    parts are held and released together when it ends, so they form one full batch. Serve
+    alone would close a batch as soon as its first part had waited `batch_wait_timeout_s`,
+    device free or not, so batches formed during a long pass would queue up small and stay
+    small.
     """
 
-    def __init__(self, submit: Callable[[Part], Awaitable]):
-        self.submit = submit  # the @serve.batch method
+    def __init__(self, submit: Callable[[Part, bool], Awaitable]):
+        self.submit = submit  # (part, alone) -> its result, through the @serve.batch method
         self.busy = 0  # batches on the device
         self.released = 0  # parts handed to Serve's queue whose batch has not started
         self.held: list[tuple[Part, asyncio.Future]] = []
@@ -79,16 +80,16 @@ class BatchGate:
         return not self.busy and not self.released
 
     async def run(self, part: Part):
-        if self.idle and not self.held:
-            return await self._release(part)
+        if not self.busy and not self.held:
+            return await self._release(part, alone=not self.released)
         waiter = asyncio.get_running_loop().create_future()
         self.held.append((part, waiter))
         return await waiter
 
-    async def _release(self, part: Part):
+    async def _release(self, part: Part, alone: bool = False):
         self.released += 1
         try:
-            return await self.submit(part)
+            return await self.submit(part, alone)
         finally:
             if not part.started:  # failed or cancelled before its batch began
                 part.started = True
@@ -109,7 +110,7 @@ class BatchGate:
         self._release_held()
 
     def _release_held(self) -> None:
-        if not self.idle or not self.held:
+        if self.busy or not self.held:
             return
         held, self.held = self.held, []
         for part, waiter in held:
@@ -385,16 +386,23 @@ class ZeroShotClassifier:
                 out[idx] = result
         return out, failed
 
-    async def _submit(self, part: Part):
-        # Serve reads the wait when a batch's first part arrives. A part the gate lets in while
-        # the device is busy joins parts that were all released at once: nothing to wait for.
-        wait = self.settings.batching.batch_wait_timeout_s if self.gate.idle else 0.0
-        self.score_parts.set_batch_wait_timeout_s(wait)
+    async def _submit(self, part: Part, alone: bool):
+        wait = self.settings.batching.batch_wait_timeout_s
+        if alone and not wait:
+            # Nothing queued, nothing running, nothing to wait for: run now, without the hop
+            # through Serve's batch queue.
+            return (await self._run_batch([part]))[0]
+        # Serve reads the wait when a batch's first part arrives: a lone part may wait for
+        # company (as configured); parts released together have all their company already.
+        self.score_parts.set_batch_wait_timeout_s(wait if alone else 0.0)
         return await self.score_parts(part)
 
     # The batch size and wait come from the config through `reconfigure`, not from here.
     @serve.batch(batch_size_fn=batch_size)
     async def score_parts(self, parts: list[Part]) -> list[np.ndarray | ZeroShotError]:
+        return await self._run_batch(parts)
+
+    async def _run_batch(self, parts: list[Part]) -> list[np.ndarray | ZeroShotError]:
         self.gate.started(parts)
         # Errors come back as values: raising here would fail every request of the batch.
         try:

@@ -20,6 +20,7 @@ APP_FLAGS = (
     Flag("classifier.num_gpus"),
     Flag("classifier.max_replicas", name="replicas"),
     Flag("ingress.max_replicas", name="ingress-replicas"),
+    Flag("ingress.max_calls_in_flight"),
     Flag("classifier.torch_threads"),
     Flag("batching.max_batch_size"),
     Flag("batching.batch_wait_timeout_s"),
@@ -119,12 +120,7 @@ def main(args: argparse.Namespace) -> int:
             fast_ingress.disable()
         ray.init(address="local", num_cpus=args.num_cpus)  # never join a running one
         started_ray = True
-        if cfg.classifier.torch_threads is None and not cfg.classifier_gpus(cluster_gpus()):
-            # Local and CPU-only: the forward pass is the bottleneck, so it gets every core
-            # rather than Ray's one thread per requested CPU.
-            threads = args.num_cpus or os.cpu_count() or 1
-            classifier = cfg.classifier.model_copy(update={"torch_threads": threads})
-            cfg = cfg.model_copy(update={"classifier": classifier})
+        cfg = cfg.for_machine(args.num_cpus or os.cpu_count() or 1, cluster_gpus())
     else:
         ray.init(address=args.address)
 

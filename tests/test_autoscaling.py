@@ -80,6 +80,9 @@ def _app_config(model: str) -> AppConfig:
         device="cpu",  # never used by the null backend; no CUDA behind the declared GPUs
         backend="null",
         null_pairs_per_s=20.0,  # a 2-label request takes ~0.1 s on the classifier
+        # Small batches: an ingress replica opens a second call with 2 pairs (one request)
+        # waiting, so 6 clients keep several calls on the classifier, one client one.
+        batching={"max_batch_size": 4},
         ingress={
             "min_replicas": 1,
             "max_replicas": 1,
@@ -104,8 +107,8 @@ def _deploy(cfg: AppConfig) -> None:
     from serve.app import build
 
     autoscaling = cfg.deployment_options()[CLASSIFIER_NAME]["autoscaling_config"]
-    # One ingress call always in flight (the device always busy) is the classifier's target.
-    assert autoscaling["target_ongoing_requests"] == 1
+    # Two ingress calls on a replica (busy, with work queued behind) is the target.
+    assert autoscaling["target_ongoing_requests"] == 2
     # Serve's defaults push handle metrics every 10 s and average them over 30 s: too slow for
     # a test. Neither is an AppConfig field (metrics_interval_s is deprecated in favour of
     # environment variables that Ray 2.60's router does not read yet), hence the override.

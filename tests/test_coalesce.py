@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -77,6 +78,25 @@ def test_a_call_holds_at_most_max_size_and_slots_overlap():
     asyncio.run(scenario())
 
 
+def test_another_call_leaves_only_with_spill_worth_waiting():
+    async def scenario():
+        calls = Calls()
+        co = Coalescer(calls.flush, max_in_flight=3, max_size=10, size=lambda n: n, spill=5)
+        tasks = [asyncio.create_task(co.submit(1))]
+        await _turns()
+        tasks += [asyncio.create_task(co.submit(n)) for n in (2, 2)]
+        await _turns()
+        assert calls.calls == [[1]]  # 4 waiting < spill: no second call
+        tasks.append(asyncio.create_task(co.submit(1)))
+        await _turns()
+        assert calls.calls == [[1], [2, 2, 1]]  # 5 waiting: a second call overlaps
+        calls.finish(0)
+        calls.finish(1)
+        assert [await t for t in tasks] == [10, 20, 20, 10]
+
+    asyncio.run(scenario())
+
+
 def test_a_failed_call_fails_its_requests_and_the_next_call_still_runs():
     async def scenario():
         state = {"n": 0}
@@ -94,6 +114,29 @@ def test_a_failed_call_fails_its_requests_and_the_next_call_still_runs():
         with pytest.raises(ConnectionError):
             await a
         assert await b == "b"
+
+    asyncio.run(scenario())
+
+
+def test_a_request_past_its_deadline_gets_the_expired_error_waiting_or_in_flight():
+    async def scenario():
+        calls = Calls()
+        co = Coalescer(
+            calls.flush, max_in_flight=1, max_size=10, expired=lambda: TimeoutError("late")
+        )
+        now = time.monotonic()
+        in_flight = asyncio.create_task(co.submit(1, now + 0.05))
+        await _turns()
+        waiting = asyncio.create_task(co.submit(2, now + 0.05))
+        patient = asyncio.create_task(co.submit(3, now + 30))
+        for task in (in_flight, waiting):
+            with pytest.raises(TimeoutError, match="late"):
+                await asyncio.wait_for(task, 5)  # the reaper ends them; the flush never did
+        calls.finish(0)  # the late result of the first is dropped
+        await _turns()
+        assert calls.calls[1] == [3]  # the expired waiting one never reached a call
+        calls.finish(1)
+        assert await patient == 30
 
     asyncio.run(scenario())
 

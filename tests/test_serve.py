@@ -96,7 +96,9 @@ def server(tiny_model):
         dtype="float32",
         api_key=KEY,
         batching=ServeBatching(max_batch_size=1, batch_wait_timeout_s=0.0),
-        ingress=one,
+        # Several calls in flight from one ingress replica, as several replicas would send:
+        # the classifier's one-slot queue then overflows.
+        ingress={**one, "max_calls_in_flight": 4},
         classifier={**one, "num_cpus": 0.5, "num_gpus": 0},
     )
     try:

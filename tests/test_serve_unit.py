@@ -116,8 +116,11 @@ def test_batch_gate_forms_each_batch_from_what_arrived_while_one_ran():
     async def scenario():
         settings = BatchSettings(ServeBatching())
         queued: list[tuple[Part, asyncio.Future]] = []
+        alone: list[int] = []
 
-        async def submit(part):
+        async def submit(part, is_alone):
+            if is_alone:
+                alone.append(part.request)
             fut = asyncio.get_running_loop().create_future()
             queued.append((part, fut))
             return await fut
@@ -136,57 +139,57 @@ def test_batch_gate_forms_each_batch_from_what_arrived_while_one_ran():
             gate.finished()
             await asyncio.sleep(0)  # let released parts reach the queue
 
-        parts = [Part(i, _pairs([1]), settings) for i in range(6)]
-        first = asyncio.create_task(gate.run(parts[0]))
+        first = asyncio.create_task(gate.run(Part(0, _pairs([1]), settings)))
         await asyncio.sleep(0)
-        assert len(queued) == 1 and gate.idle is False  # idle device: straight in
-        rest = [asyncio.create_task(gate.run(p)) for p in parts[1:]]
+        joins = asyncio.create_task(gate.run(Part(1, _pairs([1]), settings)))
         await asyncio.sleep(0)
-        assert len(queued) == 1 and len(gate.held) == 5  # a batch is formed: hold
-        rest[1].cancel()  # a request cancelled while held never reaches the queue
+        # Idle device: the first goes straight in, alone; the next joins the forming batch.
+        assert [p.request for p, _ in queued] == [0, 1] and alone == [0]
         running = await start_batch()
-        assert [p.request for p, _ in running] == [0] and not queued  # busy: still held
-        late = asyncio.create_task(gate.run(Part(9, _pairs([1]), settings)))
+        rest = [asyncio.create_task(gate.run(Part(i, _pairs([1]), settings))) for i in (2, 3, 4)]
         await asyncio.sleep(0)
-        assert len(gate.held) == 6
-        await finish_batch(running)  # batch 1 ends: everything held forms batch 2, together
-        assert await first == "r0"
-        assert sorted(p.request for p, _ in queued) == [1, 3, 4, 5, 9]
+        assert not queued and len(gate.held) == 3  # busy: held
+        rest[1].cancel()  # a request cancelled while held never reaches the queue
+        await finish_batch(running)  # the batch ends: everything held forms the next, together
+        assert await first == "r0" and await joins == "r1"
+        assert sorted(p.request for p, _ in queued) == [2, 4] and alone == [0]
         queued[0][1].cancel()  # a released part dropped before its batch began (Serve)
         await asyncio.sleep(0)
-        assert gate.released == 4
+        assert gate.released == 1
         batch2 = await start_batch()
         assert gate.released == 0 and gate.busy == 1
         await finish_batch(batch2)
-        assert await late == "r9"
-        assert [await t for t in rest[2:]] == ["r3", "r4", "r5"]
-        assert rest[1].cancelled() and rest[0].cancelled()
+        assert await rest[2] == "r4"
+        assert rest[0].cancelled() and rest[1].cancelled()
         assert gate.idle and not gate.held
         again = asyncio.create_task(gate.run(Part(10, _pairs([1]), settings)))
         await asyncio.sleep(0)
-        assert [p.request for p, _ in queued] == [10]  # idle again: straight in
+        assert [p.request for p, _ in queued] == [10] and alone[-1] == 10  # idle again
         again.cancel()
 
     asyncio.run(scenario())
 
 
-def test_a_cancelled_lone_part_does_not_strand_the_parts_held_behind_it():
+def test_a_cancelled_part_does_not_strand_the_parts_held_behind_it():
     async def scenario():
         settings = BatchSettings(ServeBatching())
         queued: list[tuple[Part, asyncio.Future]] = []
 
-        async def submit(part):
+        async def submit(part, alone):
             fut = asyncio.get_running_loop().create_future()
             queued.append((part, fut))
             return await fut
 
         gate = BatchGate(submit)
-        lone = asyncio.create_task(gate.run(Part(0, _pairs([1]), settings)))
+        running = asyncio.create_task(gate.run(Part(0, _pairs([1]), settings)))
         await asyncio.sleep(0)
+        gate.started([queued[0][0]])
         behind = asyncio.create_task(gate.run(Part(1, _pairs([1]), settings)))
         await asyncio.sleep(0)
         assert len(gate.held) == 1
-        lone.cancel()  # its batch never starts (the client went away)
+        running.cancel()  # the client went away; its batch still ends
+        queued[0][1].cancel()
+        gate.finished()
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         assert [p.request for p, _ in queued[1:]] == [1]  # released, not stranded
@@ -316,3 +319,20 @@ def test_cli_arguments_parse():
     cfg = config_from_args(args)
     assert (cfg.model, cfg.dtype, cfg.classifier.num_gpus) == ("/m", "float32", 0)
     assert args.port == 8123 and args.host == "127.0.0.1"
+
+
+def test_zeroshot_serve_sizes_the_app_from_the_machine():
+    from serve.config import AppConfig
+
+    cpu = AppConfig(model="m").for_machine(cores=2, gpus=0)
+    assert cpu.classifier.torch_threads == 2 and cpu.ingress.min_replicas == 1
+    one_gpu = AppConfig(model="m").for_machine(cores=16, gpus=1)
+    assert (one_gpu.ingress.min_replicas, one_gpu.ingress.max_replicas) == (2, 2)
+    assert one_gpu.classifier.torch_threads is None  # the GPU does the work
+    four = AppConfig(model="m", classifier={"max_replicas": 4}).for_machine(cores=8, gpus=4)
+    assert four.ingress.min_replicas == 3  # cores - GPUs - 1: what the machine allows
+    mine = AppConfig.model_validate(
+        {"model": "m", "ingress": {"max_replicas": 1}, "classifier": {"torch_threads": 1}}
+    )
+    assert mine.for_machine(cores=16, gpus=1).ingress.max_replicas == 1  # the user's word
+    assert mine.for_machine(cores=16, gpus=0).classifier.torch_threads == 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import Enum
 
 
-class ErrorType(str, Enum):  # noqa: UP042 - str() and format() give the member name as before
+class ErrorType(str, Enum):
     """Machine-readable error kinds (the `type` of the API's `{"error": {...}}`)."""
 
     # The request itself: the caller can fix it.

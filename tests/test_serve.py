@@ -464,8 +464,11 @@ def test_bad_pairs_sent_to_the_classifier_fail_alone(server, tiny_model):
     with pytest.raises(InvalidInputError):
         calls[1].result()
     results = [c.result() for i, c in enumerate(calls) if i != 1]
+    # Equal to float32 rounding, not bit for bit: the batch-mates may share a forward pass or
+    # not (the failed call splits the batch), and CPU kernels (oneDNN with AMX, say) sum in
+    # an order that depends on the batch's shape.
     for r in results[1:]:
-        np.testing.assert_array_equal(r, results[0])
+        np.testing.assert_allclose(r, results[0], rtol=1e-5, atol=1e-5)
     assert results[0].shape == (len(pairs), 3)
 
 

@@ -1,8 +1,9 @@
 """The offline job: Parquet in, three Ray Data stages, Parquet out, every row accounted for.
 
-    read_parquet (only the needed columns) -> repartition(batch_size rows)
+    read the needed columns in blocks of batch_size rows, straight from the row groups
       -> encode (CPU tasks) -> Score (actor pool, GPU or CPU)
-      -> assemble + write one whole Parquet file per rows_per_file rows (CPU tasks)
+      -> assemble + write one whole Parquet file per rows_per_file rows (tasks; I/O, so
+         they reserve no CPU where every node has some: see `_write_cpus`)
       -> the driver counts the files as they land (progress, summary)
 
 Everything that can be wrong with the request (paths, columns, labels, template, model, an
@@ -353,6 +354,22 @@ def _actors(config: JobConfig, local: bool) -> tuple[int, float, int]:
     return num, per_actor, threads
 
 
+def _write_cpus() -> float:
+    """CPUs each write task reserves: none, unless some node declares none.
+
+    Writing is I/O (one Parquet file per `rows_per_file` rows). Ray Data reserves CPUs for
+    upstream operators first, so a writer that needs a whole CPU waits while read and encode
+    tasks hold every core: on a small host every file then lands in the job's last seconds and
+    the output piles up in the object store (worker memory grows with the dataset, and a kill
+    late in a run finds little of it written). A 0-CPU task, though, may be placed on any
+    node, and a node that declares no CPUs (a KubeRay head with `num-cpus: 0`) is one meant to
+    run no work: there the writer keeps its CPU."""
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    return 0.0 if all(n.get("Resources", {}).get("CPU", 0) > 0 for n in alive) else 1.0
+
+
 def _done_ids(plan: Plan) -> np.ndarray | None:
     if not plan.output.files:
         return None
@@ -498,6 +515,7 @@ def _execute(
         batch_format="pyarrow",
         batch_size=config.rows_per_file,
         zero_copy_batch=True,
+        num_cpus=_write_cpus(),
         fn_kwargs={
             "spec": plan.spec,
             "nli": plan.nli,

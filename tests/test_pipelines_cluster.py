@@ -67,6 +67,10 @@ def test_one_actor_per_gpu_node_model_on_cpu(
             show_progress=False,
         )
     )
+    from pipelines.job import _write_cpus
+
+    # Every node declares CPUs: the writer reserves none (see test_pipelines_cpu_head.py).
+    assert _write_cpus() == 0.0
     # Defaults on a cluster with 2 GPUs: one actor per GPU.
     assert summary.ok and summary.num_actors == 2 and summary.gpus_per_actor == 1
 

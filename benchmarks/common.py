@@ -19,6 +19,22 @@ LABELS = ["politics", "sports", "technology", "health", "business"]
 BENCH_EXTRA = ("httpx", "matplotlib", "pandas", "psutil")
 
 
+def cpu_model() -> str:
+    """The CPU's name and the matrix extensions that decide bf16 speed on it (they differ
+    between hosts of the same size, and so do the figures)."""
+    name, flags = "unknown CPU", set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    extensions = [x for x in ("avx512_bf16", "amx_bf16") if x in flags]
+    return f"{name} ({', '.join(extensions) or 'no bf16 matrix extension'})"
+
+
 def require_extra(extra: str = "bench", modules: tuple[str, ...] = BENCH_EXTRA) -> None:
     """Exit with the install command when a module of `extra` is missing, before a benchmark
     fails on its first import with a bare `No module named ...`. Standard library only."""

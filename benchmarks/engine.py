@@ -22,6 +22,7 @@ from benchmarks.common import (
     LABELS,
     RESULTS,
     bare_limit,
+    cpu_model,
     ensure_full_model,
     seeded_texts,
     write_results,
@@ -63,7 +64,8 @@ def main() -> None:
     n_pairs = len(texts) * len(labels)
     limits = Limits(max_sequences=max(256, len(texts)))
     out: dict = {"model": "full fixture (distilbart-mnli-12-1 shape, random weights)",
-                 "device": "cpu", "texts": len(texts), "labels": len(labels), "pairs": n_pairs,
+                 "device": "cpu", "cpu": cpu_model(), "texts": len(texts),
+                 "labels": len(labels), "pairs": n_pairs,
                  "torch_threads": torch.get_num_threads()}  # fmt: skip
 
     engines = {}

@@ -3,7 +3,8 @@
 - memory: the job (`python -m zeroshot score`, its own local Ray) over 250,000 and 1,000,000
   rows, peak RSS of the driver, of the largest other process (a worker, the raylet, ...) and
   of the whole process tree, sampled with psutil (the tree sum counts the object store's
-  shared pages once per process that maps them: an upper bound);
+  shared pages once per process that maps them: an upper bound); beside them the private pages
+  (USS) and the physical memory: private pages summed plus the object store's pages once;
 - the output: files, rows per file, bytes per file;
 - resume: a 1,000,000-row run SIGKILLed (driver and its Ray) at --kill-at of its rows, then the
   same command again: every id exactly once.

@@ -22,17 +22,11 @@ BENCH_EXTRA = ("httpx", "matplotlib", "pandas", "psutil")
 def cpu_model() -> str:
     """The CPU's name and the matrix extensions that decide bf16 speed on it (they differ
     between hosts of the same size, and so do the figures)."""
-    name, flags = "unknown CPU", set()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    extensions = [x for x in ("avx512_bf16", "amx_bf16") if x in flags]
-    return f"{name} ({', '.join(extensions) or 'no bf16 matrix extension'})"
+    from zeroshot.devices import BF16_CPU_FLAGS, cpu_info
+
+    name, flags = cpu_info()
+    extensions = [x for x in BF16_CPU_FLAGS if x in flags]
+    return f"{name or 'unknown CPU'} ({', '.join(extensions) or 'no bf16 matrix extension'})"
 
 
 def require_extra(extra: str = "bench", modules: tuple[str, ...] = BENCH_EXTRA) -> None:

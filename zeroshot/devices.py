@@ -18,18 +18,31 @@ log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+# The CPU flags of bf16 matrix instructions (AVX512-BF16, Intel AMX): where bf16 is fast.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
 @functools.cache
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 matrix instructions (Intel AMX, AVX512-BF16), where bf16 is fast."""
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and flags, from /proc/cpuinfo ("", {} where there is none)."""
+    name, flags = "", frozenset()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = frozenset(value.split())
+                    break
     except OSError:
         pass
-    return False
+    return name, flags
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 matrix instructions, where bf16 is fast."""
+    return bool(cpu_info()[1] & set(BF16_CPU_FLAGS))
 
 
 def resolve_device(

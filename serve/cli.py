@@ -15,6 +15,10 @@ import uuid
 
 from zeroshot.flags import MODEL_FLAGS, Flag, add_flags, values
 
+# How long a stop waits for HAProxy to finish what it holds once drained (its answers are
+# ready-made 503s then, so well under a second; bounded so a wedged one cannot hold the stop).
+HAPROXY_STOP_S = 5.0
+
 # Options that set a field of `serve.config.AppConfig` (default and help come from the field).
 APP_FLAGS = (
     *MODEL_FLAGS,
@@ -167,6 +171,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"\nstopping: finishing requests in flight (<= {timeout:g} s)", file=sys.stderr)
         try:
             drain(build, cfg, name, version, timeout)
+            if started_ray:
+                # The drained app still answers 503s to late requests: let HAProxy close its
+                # listeners and finish those before Serve's shutdown kills it mid-answer.
+                fast_ingress.soft_stop(fast_ingress.own_haproxies(), HAPROXY_STOP_S)
         except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - stop anyway
             print(f"stopping without draining: {exc!r}", file=sys.stderr)
     except RuntimeError as exc:

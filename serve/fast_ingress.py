@@ -8,7 +8,8 @@ every Ray process at start, so they are cluster settings: `zeroshot serve` sets 
 local Ray it starts, the image (`cluster/Dockerfile`) and the RayService pods carry them.
 
 What changes with it (checked): HAProxy answers its own failures (no replica yet, a replica
-gone) as text/plain, so clients should wait for `/healthz` (JSON) before sending; it listens
+gone) as text/plain, so clients should wait for `/healthz` (JSON) before sending; it replays a
+request whose ingress replica died, when it holds the request whole (ENV below); it listens
 on 8404 (stats) and 9101 (metrics) on every node; replica HTTP ports bind all interfaces;
 request ids, auth, `/docs` and our JSON 503 + Retry-After backpressure work as before.
 """
@@ -22,8 +23,23 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 
-ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# The one source of these settings: `zeroshot serve`, the image, the launcher's nodes and the
+# KubeRay pods all carry this dict (tests hold each to it). The retry pair makes HAProxy replay
+# a request whose ingress replica died before answering (an empty response, where Ray's default
+# replays only a refused connection) on a live replica, or on the head's fallback proxy that
+# waits for a new one: scoring is idempotent. HAProxy 2.8 can replay only a request it held
+# whole before forwarding it, i.e. one whose headers and body came in one write (curl,
+# aiohttp, wrk do; httpx and requests write them apart, and get the connection closed). Five
+# retries outlast the three errors after which HAProxy marks a dead replica down and turns to
+# the fallback.
+ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+    "RAY_SERVE_HAPROXY_RETRIES": "5",
+}
 # Ports HAProxy binds on every node besides the app's own (stats page, Prometheus metrics).
 HAPROXY_PORTS = (8404, 9101)
 
@@ -114,6 +130,28 @@ def _parent(pid: int) -> int:
             return int(f.read().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def soft_stop(pids: list[int], timeout_s: float) -> None:
+    """Close HAProxy's listeners and let it finish the requests it holds (SIGUSR1: a new
+    connection is refused, an idle keep-alive one closed, an answered one ends with
+    `Connection: close`); returns when every one of `pids` has exited, or after `timeout_s`.
+    Stopping Serve instead kills HAProxy with whatever it is forwarding."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + timeout_s
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    # Not our child, so no waitpid: an exited HAProxy is gone, or a zombie until Serve reaps it.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def reap(pids: list[int]) -> None:

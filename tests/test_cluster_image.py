@@ -7,6 +7,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -98,6 +99,20 @@ def test_model_baking_and_hf_home():
     assert {"BAKE_MODEL", "MODEL_ID", "MODEL_REVISION"} <= args
     envs = " ".join(a for w, a in ins if w == "ENV")
     assert "HF_HOME=/models/hf" in envs
+
+
+def test_the_image_runs_serve_with_the_fast_ingress_settings():
+    """Pods of this image get what `zeroshot serve` sets on a local Ray (one source:
+    `serve.fast_ingress.ENV`), the HAProxy replay of a dead replica's requests included."""
+    from serve import fast_ingress
+
+    env = dict(
+        token.split("=", 1)
+        for word, args in instructions()
+        if word == "ENV"
+        for token in shlex.split(args)
+    )
+    assert {name: env.get(name) for name in fast_ingress.ENV} == fast_ingress.ENV
 
 
 def test_no_secrets_in_layers():

@@ -5,7 +5,9 @@ counts and resources are consistent with the Serve config."""
 from __future__ import annotations
 
 import copy
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -111,6 +113,26 @@ def test_setup_installs_the_project_with_the_image_pins(config):
         arg = re.search(rf"ARG {pkg.upper()}_VERSION=([0-9.]+)", dockerfile).group(1)
         assert pinned == arg, f"{pkg}: launcher {pinned} vs image {arg}"
     assert ".git" in config["rsync_exclude"]
+
+
+def test_ray_start_runs_with_the_fast_ingress_settings(config, tmp_path):
+    """`ray start` runs in a login shell that sources ~/.bashrc: the setup line writes
+    `serve.fast_ingress.ENV` there once, replacing what an earlier `ray up` wrote."""
+    from serve import fast_ingress
+
+    line = next(c for c in config["setup_commands"] if "zeroshot-serve-env" in c)
+    bashrc = tmp_path / ".bashrc"
+    bashrc.write_text("export KEEP=1\nexport RAY_SERVE_HAPROXY_RETRIES=0 # zeroshot-serve-env\n")
+    shell = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
+    for _ in range(2):  # `ray up` twice
+        subprocess.run(["bash", "-c", line], env=shell, check=True)
+    out = subprocess.run(
+        ["bash", "-c", "source ~/.bashrc && env"], env=shell, capture_output=True, text=True
+    ).stdout
+    env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    assert {name: env.get(name) for name in fast_ingress.ENV} == fast_ingress.ENV
+    assert env["KEEP"] == "1"
+    assert bashrc.read_text().count("zeroshot-serve-env") == 1
 
 
 def test_start_commands_and_usage(config):

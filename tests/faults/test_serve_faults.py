@@ -19,10 +19,14 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+
+# The repo root, for cluster/ (pytest puts only tests/ dirs on the path).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 pytestmark = pytest.mark.ray
 
@@ -84,6 +88,18 @@ def _check_answer(r: httpx.Response) -> str:
     return "retry"
 
 
+def _readiness_probe(url: str) -> subprocess.CompletedProcess:
+    """The RayService serving pods' readiness probe command (cluster/render.py), run here
+    against this app's port: the raylet's health from the local Ray's dashboard agent, then
+    the app's /healthz through HAProxy."""
+    from cluster.render import serving_readiness_probe
+
+    probe = serving_readiness_probe(int(url.rsplit(":", 1)[1]))
+    return subprocess.run(
+        probe["exec"]["command"], capture_output=True, text=True, timeout=probe["timeoutSeconds"]
+    )
+
+
 def _refused(exc: Exception) -> bool:
     """A connection refused: the request was never accepted (a stopped app's closed port)."""
     return isinstance(exc, httpx.ConnectError)
@@ -128,12 +144,14 @@ def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones_with_json(tiny
         senders = [threading.Thread(target=send) for _ in range(4)]
         for t in senders:
             t.start()
+        ready_before = _readiness_probe(url)
         time.sleep(0.5)  # all four accepted, the first ones scoring
         proc.send_signal(signal.SIGTERM)
         time.sleep(1.0)
         late = []
         with contextlib.suppress(httpx.HTTPError):  # refused, or already closed: both fine
             late.append(httpx.post(f"{url}/", json=ONE, timeout=10))
+        ready_while_stopping = _readiness_probe(url)
         for t in senders:
             t.join(60)
         assert proc.wait(90) == 0
@@ -152,6 +170,9 @@ def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones_with_json(tiny
         assert len(r.json()["results"]) == 16
     for r in late:
         assert _check_answer(r) == "retry"
+    # The RayService's serving pods leave the Service while the app stops.
+    assert ready_before.returncode == 0, ready_before.stdout
+    assert ready_while_stopping.returncode != 0, ready_while_stopping.stdout
     assert "stopping: finishing requests in flight" in out
 
 

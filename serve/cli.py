@@ -25,6 +25,7 @@ APP_FLAGS = (
     Flag("classifier.num_gpus"),
     Flag("classifier.max_replicas", name="replicas"),
     Flag("ingress.max_replicas", name="ingress-replicas"),
+    Flag("ingress.min_replicas", name="ingress-min-replicas"),
     Flag("ingress.max_calls_in_flight"),
     Flag("classifier.torch_threads"),
     Flag("batching.max_batch_size"),

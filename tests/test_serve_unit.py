@@ -336,3 +336,12 @@ def test_zeroshot_serve_sizes_the_app_from_the_machine():
     )
     assert mine.for_machine(cores=16, gpus=1).ingress.max_replicas == 1  # the user's word
     assert mine.for_machine(cores=16, gpus=0).classifier.torch_threads == 1
+    # --ingress-min-replicas keeps a second replica on a CPU box too (a GPU host's shape).
+    from serve.cli import config_from_args
+    from zeroshot.cli import build_parser
+
+    argv = ["serve", "--ingress-min-replicas", "2", "--ingress-replicas", "2"]
+    pinned = config_from_args(build_parser("serve").parse_args(argv))
+    for gpus in (0, 1):
+        ingress = pinned.for_machine(cores=2, gpus=gpus).ingress
+        assert (ingress.min_replicas, ingress.max_replicas) == (2, 2)

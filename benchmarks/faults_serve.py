@@ -236,8 +236,9 @@ def main() -> None:
     model = ensure_tiny()
     sigterm = lambda proc: lambda: os.kill(proc.pid, signal.SIGTERM)  # noqa: E731
     kill_ingress = lambda proc: kill(proc, "ZeroShotIngress")  # noqa: E731
-    # A GPU host's shape: `zeroshot serve` keeps two ingress replicas per GPU there.
-    two_ingress = ("--ingress-min-replicas", "2", "--ingress-replicas", "2")
+    # A GPU host's shape: `zeroshot serve` keeps two ingress replicas per GPU there. They and
+    # the classifier hold a CPU each: Ray is told of three on this two-core host.
+    two_ingress = ("--ingress-min-replicas", "2", "--ingress-replicas", "2", "--num-cpus", "3")
     faults = [  # (fault, what injects it, client[, zeroshot serve options])
         ("none (baseline)", lambda proc: None, "httpx"),
         ("stop (SIGTERM)", sigterm, "httpx"),

@@ -34,7 +34,8 @@ import yaml
 from pipelines.cli import command_line
 from pipelines.config import JobConfig
 from serve import fast_ingress
-from serve.config import CLASSIFIER_NAME, INGRESS_NAME, AppConfig
+from serve.config import CLASSIFIER_NAME, INGRESS_NAME, AppConfig, DeploymentNeeds
+from serve.config import deployment_needs as serve_needs
 from zeroshot.errors import ZeroShotError
 from zeroshot.requests import ClassificationRequest
 
@@ -307,15 +308,6 @@ def _cluster_spec(s: Settings, head: dict, workers: list[dict]) -> dict[str, Any
 # --- what the Serve config asks for ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DeploymentNeeds:
-    name: str
-    min_replicas: int
-    max_replicas: int
-    num_cpus: float
-    num_gpus: float
-
-
 def deployment_needs(serve_config: dict) -> dict[str, DeploymentNeeds]:
     """Replica counts and per-replica resources of the ingress and classifier: the options
     `AppConfig.deployment_options` computes from the file's `args` (on a cluster with GPUs),
@@ -326,19 +318,7 @@ def deployment_needs(serve_config: dict) -> dict[str, DeploymentNeeds]:
     options = AppConfig.model_validate(apps[0].get("args") or {}).deployment_options(1.0)
     for entry in apps[0].get("deployments") or []:
         options.setdefault(entry.get("name"), {}).update(entry)
-    out = {}
-    for name in (INGRESS, CLASSIFIER):
-        opts = options[name]
-        actor = opts.get("ray_actor_options") or {}
-        auto = opts.get("autoscaling_config")
-        if auto:
-            lo, hi = int(auto.get("min_replicas", 1)), int(auto.get("max_replicas", 1))
-        else:
-            lo = hi = int(opts.get("num_replicas", 1))
-        out[name] = DeploymentNeeds(
-            name, lo, hi, float(actor.get("num_cpus", 1)), float(actor.get("num_gpus", 0))
-        )
-    return out
+    return serve_needs(options)
 
 
 def serve_http_port(serve_config: dict) -> int:

@@ -69,15 +69,21 @@ def drain(build, cfg, name: str, version: str, timeout_s: float) -> None:
     """A graceful stop's first step: every ingress replica refuses new requests (JSON 503 +
     Retry-After, /healthz 503) while the accepted ones finish, through the proxy, to their
     clients. Returns when no replica holds a request (seen three times in a row: each check
-    reaches one replica) or after `timeout_s`."""
+    reaches one replica) or after `timeout_s`, whatever state the app is in."""
     from ray import serve
 
     from serve.config import INGRESS_NAME, IngressState
 
     draining = {"user_config": IngressState(draining=True).model_dump()}
     # Only the ingress's user_config changes: Serve reconfigures the live replicas in place.
+    # Not waiting for the app to be RUNNING: one that cannot get there (a replica that
+    # cannot be placed or keeps failing) must still stop.
     app = build(cfg, overrides={INGRESS_NAME: draining}, version=version)
-    serve.run(app, name=name, route_prefix="/")
+    serve.run_many(
+        [serve.RunTarget(app, name=name, route_prefix="/")],
+        wait_for_ingress_deployment_creation=False,
+        wait_for_applications_running=False,
+    )
     handle = serve.get_deployment_handle(INGRESS_NAME, name)
     # Throughput-optimized Serve runs a handle's router on the caller's event loop; this
     # caller has none (and serve.shutdown later closes the handle), so the router gets its own.
@@ -86,6 +92,7 @@ def drain(build, cfg, name: str, version: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     idle = 0
     while idle < 3 and time.monotonic() < deadline:
+        # None: this replica has not been reconfigured yet.
         pending = handle.pending.remote().result(timeout_s=max(0.1, deadline - time.monotonic()))
         idle = idle + 1 if pending == 0 else 0
         time.sleep(0.1)
@@ -128,6 +135,7 @@ def main(args: argparse.Namespace) -> int:
     from ray import serve
 
     from serve.app import build, cluster_gpus
+    from serve.config import deployment_needs, shortfall
     from serve.ui import banner
 
     started_ray = False
@@ -137,6 +145,20 @@ def main(args: argparse.Namespace) -> int:
         started_ray = True
         node = ray.get_runtime_context().get_node_id()
         cfg = cfg.for_machine(args.num_cpus or os.cpu_count() or 1, cluster_gpus())
+        have = ray.cluster_resources()
+        short = shortfall(
+            deployment_needs(cfg.deployment_options(cluster_gpus())),
+            have.get("CPU", 0),
+            have.get("GPU", 0),
+        )
+        if short:
+            ray.shutdown()
+            print(
+                f"error: the app's fewest replicas need {short}: lower --ingress-min-replicas "
+                "(or the config's min_replicas), or give Ray more with --num-cpus",
+                file=sys.stderr,
+            )
+            return 1
     else:
         ray.init(address=args.address)
 

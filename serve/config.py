@@ -7,6 +7,7 @@ no decorator and no config file carries a tuning value of its own.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -290,3 +291,51 @@ class AppConfig(ModelConfig):
                 "user_config": self.batching.model_dump(),
             },
         }
+
+
+@dataclass(frozen=True)
+class DeploymentNeeds:
+    """Replica counts and per-replica resources of one deployment, read from its Serve
+    options: what a cluster (or one machine) must hold for it."""
+
+    name: str
+    min_replicas: int
+    max_replicas: int
+    num_cpus: float
+    num_gpus: float
+
+
+def deployment_needs(options: dict[str, dict[str, Any]]) -> dict[str, DeploymentNeeds]:
+    """`DeploymentNeeds` of the ingress and the classifier, from Serve options as
+    `AppConfig.deployment_options` computes them (or a Serve config file overrides them)."""
+    out = {}
+    for name in (INGRESS_NAME, CLASSIFIER_NAME):
+        opts = options[name]
+        actor = opts.get("ray_actor_options") or {}
+        auto = opts.get("autoscaling_config")
+        if auto:
+            lo, hi = int(auto.get("min_replicas", 1)), int(auto.get("max_replicas", 1))
+        else:
+            lo = hi = int(opts.get("num_replicas", 1))
+        cpus, gpus = actor.get("num_cpus"), actor.get("num_gpus")
+        # Serve's defaults for an unset value: one CPU, no GPU.
+        out[name] = DeploymentNeeds(
+            name, lo, hi, 1.0 if cpus is None else float(cpus), float(gpus or 0)
+        )
+    return out
+
+
+def shortfall(needs: dict[str, DeploymentNeeds], cpus: float, gpus: float) -> str | None:
+    """Why the deployments' minimum replicas cannot all be placed on `cpus` and `gpus`, or None.
+    (Serve would start such an app with a replica waiting for resources forever.)"""
+    parts = []
+    for resource, have in (("CPUs", cpus), ("GPUs", gpus)):
+        each = {
+            n.name: (n.min_replicas, n.num_cpus if resource == "CPUs" else n.num_gpus)
+            for n in needs.values()
+        }
+        want = sum(count * per for count, per in each.values())
+        if want > have + 1e-9:
+            held = ", ".join(f"{name} {c} x {per:g}" for name, (c, per) in each.items() if per)
+            parts.append(f"{want:g} {resource} ({held}); Ray has {have:g}")
+    return "; ".join(parts) or None

@@ -466,9 +466,9 @@ class ZeroShotIngress:
         if state.draining:
             log.info("draining: new requests get 503; %d in flight", self.service.in_flight)
 
-    async def pending(self) -> int:
-        """Requests this replica accepted and has not answered yet."""
-        return self.service.in_flight
+    async def pending(self) -> int | None:
+        """Requests this replica accepted and has not answered yet; None until it drains."""
+        return self.service.in_flight if self.service.draining else None
 
     async def _score(self, pairs, counts):
         return await self.classifier.score_requests.remote(pairs, counts)

@@ -179,6 +179,24 @@ def test_help_shows_every_default():
     assert not missing, missing
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.ray
+def test_serve_refuses_more_replicas_than_the_machine_holds(tiny_model):
+    # Serve would start it with one ingress replica waiting for a CPU forever.
+    out = zeroshot(
+        "serve", "--model", tiny_model, "--backend", "null", "--num-cpus", "2",
+        "--ingress-min-replicas", "2", "--ingress-replicas", "2", "--port", str(_free_port()),
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "3 CPUs (ZeroShotIngress 2 x 1, ZeroShotClassifier 1 x 1); Ray has 2" in out.stderr
+    assert "--ingress-min-replicas" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_version_names_the_installed_distribution():
     from importlib.metadata import version
 

@@ -345,3 +345,25 @@ def test_zeroshot_serve_sizes_the_app_from_the_machine():
     for gpus in (0, 1):
         ingress = pinned.for_machine(cores=2, gpus=gpus).ingress
         assert (ingress.min_replicas, ingress.max_replicas) == (2, 2)
+
+
+def test_an_app_whose_fewest_replicas_do_not_fit_is_named_with_what_it_needs():
+    from serve.config import AppConfig, deployment_needs, shortfall
+
+    def short(cfg: AppConfig, cores: int, gpus: int) -> str | None:
+        sized = cfg.for_machine(cores=cores, gpus=gpus)
+        return shortfall(deployment_needs(sized.deployment_options(gpus)), cores, gpus)
+
+    # What `zeroshot serve` sizes by itself always fits the machine.
+    for cores, gpus in ((2, 0), (4, 0), (2, 1), (16, 1), (8, 4)):
+        assert short(AppConfig(model="m"), cores, gpus) is None, (cores, gpus)
+    # Two ingress replicas asked for on two cores: 2 x 1 + the classifier's 1 = 3 CPUs.
+    two = AppConfig.model_validate({"model": "m", "ingress": {"min_replicas": 2}})
+    assert short(two, 2, 0) == (
+        "3 CPUs (ZeroShotIngress 2 x 1, ZeroShotClassifier 1 x 1); Ray has 2"
+    )
+    assert short(two, 3, 0) is None
+    gpus = AppConfig.model_validate(
+        {"model": "m", "classifier": {"num_gpus": 1, "min_replicas": 2, "max_replicas": 2}}
+    )
+    assert short(gpus, 16, 1) == "2 GPUs (ZeroShotClassifier 2 x 1); Ray has 1"

@@ -263,3 +263,40 @@ def test_a_killed_ingress_replica_costs_no_request_sent_in_one_write(tiny_model)
         else:
             assert status == 503 and content_type.startswith("application/json"), (status, body)
     assert sum(status == 200 for status, _, _ in out) > 10
+
+
+def test_a_stop_ends_when_the_classifier_cannot_come_back(tiny_model, tmp_path):
+    """The classifier dies and its replacement cannot load the model (here: the model is
+    gone), so the app never gets back to RUNNING. A stop still drains, cleans up and exits
+    within its timeout (it used to wait for the app to be RUNNING, until SIGKILL)."""
+    import shutil
+
+    model = shutil.copytree(tiny_model, tmp_path / "model")
+    with serving(str(model), "--null-pairs-per-s", "2000") as (proc, url):
+        port = int(url.rsplit(":", 1)[1])
+        shutil.rmtree(model)
+        victims = [
+            p
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if "ZeroShotClassifier" in " ".join(p.cmdline())
+        ]
+        assert victims, "no classifier replica process found"
+        for p in victims:
+            p.kill()
+        deadline = time.time() + 60
+        while httpx.get(f"{url}/healthz", timeout=10).status_code == 200:
+            assert time.time() < deadline, "/healthz stayed 200 with no classifier"
+            time.sleep(0.5)
+        # Waits for a classifier replica until its deadline (30 s), then a JSON 503.
+        r = httpx.post(f"{url}/", json=ONE, timeout=60)
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 0, r.text
+        assert r.json()["error"]["type"] == "deadline_exceeded", r.text
+        proc.send_signal(signal.SIGTERM)
+        started = time.time()
+        # graceful_shutdown_timeout_s (20 s) of draining at most, then HAProxy and Ray.
+        assert proc.wait(60) == 0
+        took = time.time() - started
+        out = proc.stdout.read()
+    assert took < 45, f"the stop took {took:.0f} s\n{out[-2000:]}"
+    with socket.socket() as s:  # nothing left holding the port
+        s.bind(("127.0.0.1", port))

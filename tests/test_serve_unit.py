@@ -249,7 +249,9 @@ def test_cli_and_yaml_deploy_the_same_options():
     from_yaml = AppConfig.model_validate(args)
     argv = ["serve", "--model", args["model"], "--num-gpus", "1", "--replicas", "4"]
     from_cli = config_from_args(
-        build_parser("serve").parse_args([*argv, "--ingress-replicas", "4"])
+        build_parser("serve").parse_args(
+            [*argv, "--ingress-min-replicas", "2", "--ingress-replicas", "4"]
+        )
     )
     assert from_cli == from_yaml
     for gpus in (0, 2):

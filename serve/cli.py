@@ -144,13 +144,10 @@ def main(args: argparse.Namespace) -> int:
         ray.init(address="local", num_cpus=args.num_cpus)  # never join a running one
         started_ray = True
         node = ray.get_runtime_context().get_node_id()
-        cfg = cfg.for_machine(args.num_cpus or os.cpu_count() or 1, cluster_gpus())
-        have = ray.cluster_resources()
-        short = shortfall(
-            deployment_needs(cfg.deployment_options(cluster_gpus())),
-            have.get("CPU", 0),
-            have.get("GPU", 0),
-        )
+        gpus = cluster_gpus()
+        cfg = cfg.for_machine(args.num_cpus or os.cpu_count() or 1, gpus)
+        cpus = ray.cluster_resources().get("CPU", 0)
+        short = shortfall(deployment_needs(cfg.deployment_options(gpus)), cpus, gpus)
         if short:
             ray.shutdown()
             print(

@@ -44,43 +44,49 @@ class Load:
     `client`: httpx (writes a request's headers and its body apart) or aiohttp (one write, as
     curl and wrk): HAProxy can replay only a request it held whole (serve/fast_ingress.py)."""
 
-    def __init__(self, url: str, clients: int, client: str = "httpx"):
-        self.url, self.clients = url, clients
+    def __init__(self, url: str, clients: int, client: str = "httpx", timeout_s: float = 60):
+        self.url, self.clients, self.timeout_s = url, clients, timeout_s
         self.client = {"httpx": self.httpx_client, "aiohttp": self.aiohttp_client}[client]
         self.records: list[tuple[float, int, float, bool]] = []
         self.transport_errors: Counter[str] = Counter()  # status 0, by kind (refused, cut)
+        self.no_retry_after = 0  # JSON 503s without a Retry-After header (the API promises one)
         self.stop = asyncio.Event()
 
-    async def httpx_client(self) -> None:
+    async def httpx_client(self, url: str | None = None) -> None:
+        # `url`: this client's server, when a load spreads over several (cluster/hosts).
         path, body, _ = SHAPES["1x4"]
-        async with httpx.AsyncClient(timeout=60) as http:
+        async with httpx.AsyncClient(timeout=self.timeout_s) as http:
             while not self.stop.is_set():
                 t0 = time.perf_counter()
                 try:
-                    r = await http.post(self.url + path, json=body)
-                    self.record(t0, r.status_code, r.headers.get("content-type", ""), r.json)
+                    r = await http.post((url or self.url) + path, json=body)
+                    self.record(t0, r.status_code, r.headers.get("content-type", ""), r.json,
+                                r.headers)  # fmt: skip
                 except httpx.HTTPError as exc:
                     await self.failed(t0, exc)
 
-    async def aiohttp_client(self) -> None:
+    async def aiohttp_client(self, url: str | None = None) -> None:
         import aiohttp  # a dependency of ray[serve]
 
         path, body, _ = SHAPES["1x4"]
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
             while not self.stop.is_set():
                 t0 = time.perf_counter()
                 try:
-                    async with http.post(self.url + path, json=body) as r:
+                    async with http.post((url or self.url) + path, json=body) as r:
                         data = await r.read()
                     self.record(t0, r.status, r.headers.get("content-type", ""),
-                                lambda data=data: json.loads(data))  # fmt: skip
+                                lambda data=data: json.loads(data), r.headers)  # fmt: skip
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     await self.failed(t0, exc)
 
-    def record(self, t0: float, status: int, content_type: str, parsed) -> None:
+    def record(self, t0: float, status: int, content_type: str, parsed, headers=None) -> None:
         if status == 200:
             assert sorted(x["label"] for x in parsed()) == sorted(LABELS)
         is_json = content_type.startswith("application/json")
+        if status == 503 and is_json and headers is not None and "retry-after" not in headers:
+            self.no_retry_after += 1
         self.records.append((t0, status, time.perf_counter() - t0, is_json))
 
     async def failed(self, t0: float, exc: Exception) -> None:

@@ -15,6 +15,12 @@ outside (what a user waits for, start-up and shutdown included), and again over 
 Targets: null job >= 0.5 of the no-op job's pace (start-up included in both); empty-input job
 <= 8 s.
 
+Section `small` (a newcomer's first jobs): per size (--small-rows, 200 and 2,000 rows of the
+tiny fixture), alternated --small-repeats times, each a fresh process: the no-op Ray Data job
+of the same rows, the model's load alone (import and from_pretrained), `zeroshot score`, and
+the same command again with every row already there (answered from the output's record).
+Targets: the job <= no-op job + model load; the finished rerun <= 3 s.
+
 Section `model`: the full fixture (the real model's shape):
 - the job (`pipelines.run_job`, a fresh local Ray per run, start-up included) at float32 and
   with dtype=auto, over a seeded Parquet dataset (benchmarks.common.seeded_texts: a few words
@@ -30,7 +36,7 @@ Section `model`: the full fixture (the real model's shape):
 Prints JSON with rows/s and ratios; writes benchmarks/results/offline.{json,png} (a run of
 some sections keeps the others' last results in the JSON).
 
-    python -m benchmarks.offline [--sections platform,model,memory] [--platform-rows 100000]
+    python -m benchmarks.offline [--sections small,platform,model,memory] [--platform-rows 100000]
         [--rows 5000] [--pipeline-rows 40] [--memory-rows 10000] [--device cpu|cuda]
 """
 
@@ -268,6 +274,49 @@ def platform(args, model_tiny: str) -> dict:
     return result
 
 
+def _load_cmd(model: str, device: str) -> list:
+    """A fresh process that imports the engine's libraries and loads the model: what a scoring
+    actor does beyond the no-op job's identity actor."""
+    code = ("import sys; from zeroshot.loading import load_model; "
+            "load_model(sys.argv[1], None, sys.argv[2], 'float32')")  # fmt: skip
+    return [sys.executable, "-c", code, model, "cpu" if device == "cpu" else "cuda"]
+
+
+def small_jobs(args, model_tiny: str) -> dict:
+    """The `small` section: what a small job costs against what it must cost, in one run, per
+    size: the no-op Ray Data job of the same rows, the model's load in a fresh process, the
+    job on the tiny model, and the same command again with every row already in the output."""
+    result: dict = {"labels": len(LABELS), "sizes": {}}
+    for rows in args.small_rows:
+        data = write_dataset(WORK / f"small_{rows}", seeded_texts(rows, seed=3))
+        out = WORK / f"small_out_{rows}"
+        job = _score_cmd(data, out, model_tiny, "torch", args.device)
+        rerun = [a for a in job if a != "--overwrite"]
+        runs: dict = {"noop": [], "model_load": [], "job": [], "rerun_finished": []}
+        for _ in range(args.small_repeats):  # alternated, so the machine's drift hits all
+            runs["noop"].append(_timed(_noop_cmd(data, out))["seconds"])
+            runs["model_load"].append(_timed(_load_cmd(model_tiny, args.device))["seconds"])
+            runs["job"].append(_timed(job)["seconds"])
+            runs["rerun_finished"].append(_timed(rerun)["seconds"])
+        med = {k: float(np.median(v)) for k, v in runs.items()}
+        bound = med["noop"] + med["model_load"]
+        result["sizes"][str(rows)] = {
+            "runs_seconds": runs,
+            "median_seconds": med,
+            "job_over_noop_plus_load": med["job"] / bound,
+            "job_over_noop": med["job"] / med["noop"],
+        }
+        print(rows, json.dumps(result["sizes"][str(rows)]), file=sys.stderr)
+    sizes = result["sizes"].values()
+    result["targets"] = {
+        "small job <= no-op job + model load": all(
+            s["job_over_noop_plus_load"] <= 1 for s in sizes
+        ),
+        "finished rerun <= 3 s": all(s["median_seconds"]["rerun_finished"] <= 3 for s in sizes),
+    }
+    return result
+
+
 def memory_model(path: str | None) -> str:
     if path:
         return path
@@ -281,7 +330,7 @@ def memory_model(path: str | None) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sections", default="platform,model,memory", help="comma-separated")
+    ap.add_argument("--sections", default="small,platform,model,memory", help="comma-separated")
     ap.add_argument("--platform-rows", type=int, default=100_000, help="rows of `platform`")
     ap.add_argument("--bare-rows", type=int, default=20_000, help="rows for the tiny bare limit")
     ap.add_argument("--emulated-pairs-per-s", type=float, default=19500.0,
@@ -292,6 +341,9 @@ def main() -> None:
     ap.add_argument("--memory-model", default=None, help="model for the memory runs (tiny)")
     ap.add_argument("--batch-size", type=int, default=None, help="the job's rows per block")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to score")
+    ap.add_argument("--small-rows", type=int, nargs="+", default=[200, 2000],
+                    help="sizes of the `small` section")  # fmt: skip
+    ap.add_argument("--small-repeats", type=int, default=3, help="runs of each, alternated")
     args = ap.parse_args()
     sections = {s.strip() for s in args.sections.split(",") if s.strip()}
 
@@ -304,6 +356,8 @@ def main() -> None:
         f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else " (2-core CPU host)"
     )
     out["cpu_threads"] = torch.get_num_threads()
+    if "small" in sections:
+        out["small"] = small_jobs(args, memory_model(args.memory_model))
     if "platform" in sections:
         out["platform"] = platform(args, memory_model(args.memory_model))
     if "model" in sections:
@@ -400,11 +454,25 @@ def plot(out: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [k for k in ("platform", "model", "memory") if k in out]
+    panels = [k for k in ("small", "platform", "model", "memory") if k in out]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
     for ax, name in zip(axes[0], panels):
         sec = out[name]
-        if name == "platform":
+        if name == "small":
+            sizes = list(sec["sizes"])
+            kinds = [("noop", "no-op Ray Data job", "#999"), ("model_load", "model load", "#eb9"),
+                     ("job", "zeroshot score", "#36c"),
+                     ("rerun_finished", "rerun, all done", "#9bd")]  # fmt: skip
+            x = np.arange(len(sizes))
+            for i, (key, label, color) in enumerate(kinds):
+                vals = [sec["sizes"][r]["median_seconds"][key] for r in sizes]
+                ax.bar(x + (i - 1.5) * 0.2, vals, 0.2, label=label, color=color)
+            ax.set_xticks(x, [f"{int(r):,} rows" for r in sizes])
+            ax.set_ylabel("seconds (median, fresh process, all in)")
+            worst = max(sec["sizes"][r]["job_over_noop_plus_load"] for r in sizes)
+            ax.set_title(f"small jobs: at most {worst:.2f}x (no-op job + model load)")
+            ax.legend(fontsize=8)
+        elif name == "platform":
             names = ["noop", "null", "null_emulated_device", "tiny"]
             x = np.arange(len(names))
             total = [sec[n]["seconds"] for n in names]

@@ -108,6 +108,16 @@ class Settings:
     # (IRSA on EKS, Workload Identity on GKE); see cluster/kuberay/serviceaccount.yaml.
     batch_service_account: str = "zeroshot-batch"
     job: JobConfig = field(default_factory=example_job)
+    # GCS fault tolerance of the RayService (gcs_ft_options): without it a head pod that
+    # dies takes the whole cluster with it (its workers exit after 60 s and the new head is
+    # an empty cluster; cluster/README.md, "Faults across hosts"). An external Redis holds the
+    # GCS tables; its password comes from a Secret you create:
+    #     kubectl create secret generic zeroshot-redis --from-literal=password=...
+    redis_address: str = "redis://zeroshot-redis:6379"
+    redis_password_secret: str = "zeroshot-redis"
+    redis_password_key: str = "password"
+    # The cluster's key prefix in Redis: its own, so two clusters on one Redis never meet.
+    external_storage_namespace: str = "zeroshot"
 
 
 def _num(x: float) -> str:
@@ -366,6 +376,23 @@ def _literal(dumper: yaml.SafeDumper, data: LiteralStr):
 _Dumper.add_representer(LiteralStr, _literal)
 
 
+def gcs_ft_options(s: Settings) -> dict[str, Any]:
+    """KubeRay's `gcsFaultToleranceOptions`: the head's GCS keeps its tables in Redis
+    (KubeRay sets RAY_REDIS_ADDRESS, the password from the Secret, and
+    RAY_external_storage_namespace on every pod; workers wait for a restarted head instead
+    of exiting). With it Serve's proxies and replicas on the worker pods keep answering while
+    the head restarts, and the new head takes the cluster back (tests/test_hosts_faults.py)."""
+    return {
+        "redisAddress": s.redis_address,
+        "redisPassword": {
+            "valueFrom": {
+                "secretKeyRef": {"name": s.redis_password_secret, "key": s.redis_password_key}
+            }
+        },
+        "externalStorageNamespace": s.external_storage_namespace,
+    }
+
+
 def rayservice(s: Settings, serve_text: str) -> dict[str, Any]:
     serve_config = yaml.safe_load(serve_text)
     needs = deployment_needs(serve_config)
@@ -392,7 +419,8 @@ def rayservice(s: Settings, serve_text: str) -> dict[str, Any]:
                         readiness_probe=probe,
                     )
                 ],
-            ),
+            )
+            | {"gcsFaultToleranceOptions": gcs_ft_options(s)},
         },
     }
 

@@ -37,8 +37,15 @@ JOB_FLAGS = (
     Flag("rows_per_file"),
     Flag("overwrite"),
     Flag("record_scorer"),
-    Flag("show_progress", name="no-progress", invert=True),
+    Flag(
+        "show_progress",
+        name="no-progress",
+        invert=True,
+        help="No progress line on a terminal (by default one line is redrawn in place); "
+        "--progress-every still prints its periodic lines.",
+    ),
     Flag("progress_every_s", name="progress-every", metavar="SECONDS"),
+    Flag("verbose"),
 )
 
 

@@ -132,6 +132,11 @@ class JobConfig(ModelConfig):
         description="On a terminal, one progress line (rows done, rows/s, ETA); elsewhere "
         "nothing, unless --progress-every asks for a line every N seconds.",
     )
+    verbose: bool = Field(
+        False,
+        description="Show Ray's and Ray Data's informational log lines too (execution plans, "
+        "operator dumps); off: the job's own lines and real warnings only.",
+    )
     progress_every_s: float | None = Field(
         None,
         gt=0,

@@ -57,8 +57,10 @@ from pipelines.manifest import (
     write_manifest,
 )
 from pipelines.stages import METADATA_KEY, PRIVATE, StageSpec, scorer_config_fields
+from zeroshot import raylog
 from zeroshot.assemble import NliLabels
 from zeroshot.config import ModelConfig
+from zeroshot.requests import ClassificationRequest
 
 # The engine's own options of a job (what each scoring actor loads).
 ENGINE_FIELDS = set(ModelConfig.model_fields)
@@ -106,10 +108,12 @@ class JobSummary(BaseModel):
         status = self.status
         resumed = f" ({self.rows_before:,} already there)" if self.rows_before else ""
         device = (
-            f"{self.num_actors} x {self.gpus_per_actor:g} GPU"
+            f"{self.num_actors} x {self.gpus_per_actor:g} GPU actors"
             if self.gpus_per_actor
-            else f"{self.num_actors} x CPU"
+            else f"{self.num_actors} x CPU actors"
         )
+        if not self.num_actors:
+            device = "none (nothing left to score: Ray not started)"
         lines = [
             "zero-shot scoring job",
             f"  input       {self.input}",
@@ -118,7 +122,7 @@ class JobSummary(BaseModel):
             f"  this run    {self.rows_written:,} rows{resumed} in {self.seconds:.1f} s"
             f" = {self.rows_per_s:,.1f} rows/s",
             f"  errors      {self.errors:,} rows (null scores, reason in `error`)",
-            f"  scoring     {device} actors, model {self.model}, dtype {self.dtype}",
+            f"  scoring     {device}, model {self.model}, dtype {self.dtype}",
         ]
         return "\n".join(lines)
 
@@ -203,6 +207,67 @@ def _check_paths(inputs: InputFiles, output: OutputState) -> None:
         )
 
 
+def _params(
+    config: JobConfig,
+    inputs: InputFiles,
+    request,
+    output_columns: list[str],
+    fingerprint: str | None,
+) -> JobParams:
+    """What this run's answers depend on: recorded with every file it writes, and compared
+    with what an output already holds before a run adds to it."""
+    return JobParams(
+        model=config.model,
+        revision=config.revision,
+        model_fingerprint=fingerprint,
+        backend=config.backend,
+        dtype=config.dtype if config.backend == "torch" else None,
+        labels=list(request.labels),
+        hypothesis_template=request.hypothesis_template,
+        multi_label=request.multi_label,
+        text_column=config.text_column,
+        max_chars=config.limits.max_chars,
+        input=inputs.uri,
+        id_column=config.id_column or ROW_HASH_COLUMN,
+        columns=output_columns,
+    )
+
+
+def _check_resume(config: JobConfig, output: OutputState, params: JobParams) -> None:
+    if not config.overwrite:
+        loc = output.location
+        recorded = [JobParams.parse(r) for r in output.recorded]
+        check_resume(
+            params,
+            read_manifest(loc.filesystem, loc.path),
+            list(zip([loc.uri(f) for f in output.files], recorded)),
+            config.output,
+        )
+
+
+def finished_already(config: JobConfig, t0: float) -> JobSummary | None:
+    """The summary of a run with nothing left to do, answered from the output's own record
+    (row counts in the footers, the parameters each file recorded) without loading the model
+    or starting Ray; None when the run has work to do, or when saying so needs the model (a
+    hub id: its fingerprint is the commit the hub resolves, known once its config loads).
+    Raises `JobInputError` as `prepare` would when the output holds other parameters' rows."""
+    if config.overwrite or not os.path.isdir(config.model):
+        return None
+    inputs = resolve_input(config.input)
+    output = inspect_output(config.output, METADATA_KEY)
+    if not output.files or output.broken or output.num_rows != inputs.num_rows:
+        return None
+    _, output_columns = _check_columns(config, inputs)
+    _check_paths(inputs, output)
+    request = ClassificationRequest.create(
+        ["probe"], config.labels, config.hypothesis_template, config.multi_label, config.limits
+    )
+    fingerprint = model_fingerprint(config.model, None)  # a directory's: its files
+    _check_resume(config, output, _params(config, inputs, request, output_columns, fingerprint))
+    plan = Plan(inputs, [], None, None, output, None)
+    return _summary(config, plan, t0, output.num_rows, 0, 0.0, 0, 0.0, "")
+
+
 def prepare(config: JobConfig) -> Plan:
     """Resolve and check everything without Ray; raises typed errors (`ZeroShotError`)."""
     from zeroshot.frontend import Frontend
@@ -221,30 +286,9 @@ def prepare(config: JobConfig) -> Plan:
     frontend.encode(request)
 
     id_column = config.id_column or ROW_HASH_COLUMN
-    params = JobParams(
-        model=config.model,
-        revision=config.revision,
-        model_fingerprint=model_fingerprint(config.model, frontend.config),
-        backend=config.backend,
-        dtype=config.dtype if config.backend == "torch" else None,
-        labels=list(request.labels),
-        hypothesis_template=request.hypothesis_template,
-        multi_label=request.multi_label,
-        text_column=config.text_column,
-        max_chars=config.limits.max_chars,
-        input=inputs.uri,
-        id_column=id_column,
-        columns=output_columns,
-    )
-    if not config.overwrite:
-        loc = output.location
-        recorded = [JobParams.parse(r) for r in output.recorded]
-        check_resume(
-            params,
-            read_manifest(loc.filesystem, loc.path),
-            list(zip([loc.uri(f) for f in output.files], recorded)),
-            config.output,
-        )
+    fingerprint = model_fingerprint(config.model, frontend.config)
+    params = _params(config, inputs, request, output_columns, fingerprint)
+    _check_resume(config, output, params)
     spec = StageSpec(
         model=config.model,
         revision=config.revision,
@@ -258,6 +302,7 @@ def prepare(config: JobConfig) -> Plan:
         params_json=params.to_json(),
         tokenizer_json=frontend.tokenizer.backend_tokenizer.to_str(),
         max_length=frontend.max_length,
+        token_types=frontend.encoder.type_offset is not None,
     )
     return Plan(
         inputs,
@@ -295,7 +340,7 @@ def prepare_output(config: JobConfig, plan: Plan) -> None:
     plan.output = out
 
 
-def _connect(address: str | None) -> str:
+def _connect(address: str | None, verbose: bool = False) -> str:
     """Use, join or start Ray: 'existing' (already initialized here, left as is), 'joined'
     (a cluster at an address) or 'local' (a fresh Ray on this machine)."""
     import ray
@@ -306,7 +351,7 @@ def _connect(address: str | None) -> str:
     # some other cluster that happens to run on this machine.
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     # Ray's INFO lines ("Started a local Ray instance", ...) are not the job's news.
-    quiet = {"logging_level": "WARNING", "log_to_driver": True}
+    quiet = raylog.quiet(verbose)
     # ray.init replaces the SIGTERM handler with sys.exit; the CLI's (stop cleanly, say how
     # to resume) is put back.
     main = threading.current_thread() is threading.main_thread()
@@ -386,6 +431,10 @@ def run_job(config: JobConfig) -> JobSummary:
     `AllRowsFailedError` when not one row got scores, and `JobInterrupted` on Ctrl-C.
     """
     t0 = time.perf_counter()
+    done = finished_already(config, t0)
+    if done is not None:
+        print(done, flush=True)
+        return done
     plan = prepare(config)
     prepare_output(config, plan)
     if plan.inputs.num_rows == 0:
@@ -410,13 +459,15 @@ def run_job(config: JobConfig) -> JobSummary:
 def _run_on_ray(config: JobConfig, plan: Plan, t0: float) -> JobSummary:
     from pipelines.progress import filtered_stderr, quiet_ray
 
+    if config.verbose:
+        return _on_ray(config, plan, t0, sys.stderr)
     quiet_ray()
     with filtered_stderr() as stderr:
         return _on_ray(config, plan, t0, stderr)
 
 
 def _on_ray(config: JobConfig, plan: Plan, t0: float, stderr) -> JobSummary:
-    mode = _connect(config.address)
+    mode = _connect(config.address, config.verbose)
     rows_before = plan.output.num_rows
     progress_box: list = [stderr]
     try:

@@ -99,13 +99,11 @@ def quiet_ray() -> None:
     finished') out of the job's output; warnings and errors still show, except two that
     every run prints: Ray Data's 'progress bars disabled' and the token-authentication
     notice of a Ray that this job starts on this machine."""
-    for name in ("ray", "ray.data", "ray.data._internal"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for name in (
-        "ray.data._internal.progress",
-        "ray._private.authentication.authentication_token_setup",
-    ):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    from zeroshot import raylog
+
+    raylog.quiet_driver_loggers()
+    logging.getLogger("ray.data._internal").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     # A failed task: Ray Data logs the worker's traceback at ERROR, then raises it to the
     # driver, which prints one line for the job's own errors and re-raises anything else
     # (its traceback then shows once). Ray Data's log file keeps the full trace either way.

@@ -28,9 +28,10 @@ from zeroshot.score import Scorer
 
 IDS = "__zs_ids"
 LENS = "__zs_lens"
+SEGMENTS = "__zs_segments"  # per pair, where token type 1 begins (models that read types)
 LOGITS = "__zs_logits"
 ERROR = "__zs_error"
-PRIVATE = (IDS, LENS, LOGITS, ERROR)
+PRIVATE = (IDS, LENS, SEGMENTS, LOGITS, ERROR)
 
 # The footer key-value metadata key every output file carries (see pipelines.manifest).
 METADATA_KEY = b"zeroshot.job"
@@ -55,6 +56,7 @@ class StageSpec:
     # model directory; that was most of an encode worker's first-block latency.
     tokenizer_json: str = ""
     max_length: int = 0
+    token_types: bool = False  # the model reads token type ids (BERT-style cross-encoders)
 
 
 def row_error(exc: ZeroShotError) -> str:
@@ -66,7 +68,7 @@ _ENCODERS: dict[int, object] = {}
 
 def _encoder(spec: StageSpec):
     """One `PairEncoder` per worker process and tokenizer: Ray reuses workers across tasks."""
-    key = hash((spec.tokenizer_json, spec.max_length, spec.model, spec.revision))
+    key = hash((spec.tokenizer_json, spec.max_length, spec.token_types, spec.model, spec.revision))
     encoder = _ENCODERS.get(key)
     if encoder is None:
         if spec.tokenizer_json:
@@ -74,7 +76,9 @@ def _encoder(spec: StageSpec):
 
             from zeroshot.encode import PairEncoder
 
-            encoder = PairEncoder(Tokenizer.from_str(spec.tokenizer_json), spec.max_length)
+            encoder = PairEncoder(
+                Tokenizer.from_str(spec.tokenizer_json), spec.max_length, spec.token_types
+            )
         else:
             from zeroshot.frontend import Frontend
 
@@ -160,6 +164,9 @@ def encode(batch: pa.Table, *, spec: StageSpec, done_ids: np.ndarray | None = No
         tokens_per_row[pairs_per_row > 0] = pairs.lengths.reshape(-1, n_labels).sum(axis=1)
     batch = batch.append_column(IDS, _list_column(pairs.ids, tokens_per_row, pa.int32()))
     batch = batch.append_column(LENS, _list_column(pairs.lengths, pairs_per_row, pa.int32()))
+    if encoder.type_offset is not None:
+        segments = pairs.segments if pairs.segments is not None else np.zeros(0, np.int32)
+        batch = batch.append_column(SEGMENTS, _list_column(segments, pairs_per_row, pa.int32()))
     return batch.append_column(ERROR, pa.array(errors, pa.string()))
 
 
@@ -221,10 +228,14 @@ class Score:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         lens = _flat(batch.column(LENS))
-        logits, _ = self.scorer.score(Pairs.from_lengths(_flat(batch.column(IDS)), lens))
+        typed = SEGMENTS in batch.column_names
+        segments = _flat(batch.column(SEGMENTS)) if typed else None
+        pairs = Pairs.from_lengths(_flat(batch.column(IDS)), lens, segments)
+        logits, _ = self.scorer.score(pairs)
         pairs_per_row = pc.list_value_length(batch.column(LENS)).to_numpy(zero_copy_only=False)
         out = _list_column(logits.reshape(-1), pairs_per_row * logits.shape[1], pa.float32())
-        batch = batch.drop_columns([IDS, LENS]).append_column(LOGITS, out)
+        dropped = [IDS, LENS, SEGMENTS] if typed else [IDS, LENS]
+        batch = batch.drop_columns(dropped).append_column(LOGITS, out)
         if self.record:
             n = batch.num_rows
             batch = batch.append_column("scorer_node", pa.array([self.node] * n, pa.string()))

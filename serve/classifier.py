@@ -23,7 +23,7 @@ from ray import serve
 from serve.config import CLASSIFIER_NAME, AppConfig, ServeBatching
 from serve.metrics import Metrics, classifier_metrics
 from zeroshot.config import BatchingConfig
-from zeroshot.errors import InvalidInputError, ZeroShotError, from_exception
+from zeroshot.errors import InvalidInputError, ModelNotFoundError, ZeroShotError, from_exception
 from zeroshot.pairs import Pairs
 from zeroshot.score import Scorer, plan_batches
 
@@ -53,27 +53,55 @@ class Part:
     pairs: Pairs
     settings: BatchSettings
     requests: frozenset[int] = frozenset()  # the requests its pairs belong to, when known
+    model: str = ""  # the served model it is for
     arrived: float = field(default_factory=time.perf_counter)
     started: bool = False  # its batch has begun on the device (see BatchGate)
 
 
-class BatchGate:
-    """Lets parts into the `@serve.batch` queue so that each batch is everything that arrived
-    while the previous one ran (continuous batching, as TEI and vLLM schedule).
+class Device:
+    """The device the model lanes of a replica share. While it runs a batch, every lane holds
+    what arrives for it; when it frees, the lane whose oldest held part has waited longest
+    releases all it holds, as one batch. So each model's batch is everything that arrived for
+    it since its last one (its own pass and the other models' passes), not a batch cut at
+    the moment another model's pass began."""
 
-    With the device idle a part goes straight in (`alone`: nothing queued or running, so it
-    may run at once) and parts arriving while its batch forms join it. While a batch runs,
-    parts are held and released together when it ends, so they form one full batch. Serve
-    alone would close a batch as soon as its first part had waited `batch_wait_timeout_s`,
-    device free or not, so batches formed during a long pass would queue up small and stay
-    small.
+    def __init__(self) -> None:
+        self.busy = 0  # batches on the device
+        self.gates: list[BatchGate] = []
+
+    def next_turn(self) -> None:
+        # A retired gate (its model unloaded) goes once nothing of it is held.
+        self.gates = [gate for gate in self.gates if gate.held or not gate.retired]
+        if self.busy:
+            return
+        waiting = [gate for gate in self.gates if gate.held]
+        if waiting:
+            min(waiting, key=lambda gate: gate.held[0][0].arrived).release_held()
+
+
+class BatchGate:
+    """Lets one lane's parts into its `@serve.batch` queue so that each batch is everything
+    that arrived while the device was busy (continuous batching, as TEI and vLLM schedule).
+
+    With the device idle a part goes straight in (`alone`: nothing of this lane queued, so it
+    may run at once) and parts arriving while its batch forms join it. While the device runs a
+    batch (of any lane), parts are held and released together when their lane's turn comes, so
+    they form one full batch. Serve alone would close a batch as soon as its first part had
+    waited `batch_wait_timeout_s`, device free or not, so batches formed during a long pass
+    would queue up small and stay small.
     """
 
-    def __init__(self, submit: Callable[[Part, bool], Awaitable]):
+    def __init__(self, submit: Callable[[Part, bool], Awaitable], device: Device | None = None):
         self.submit = submit  # (part, alone) -> its result, through the @serve.batch method
-        self.busy = 0  # batches on the device
+        self.device = device or Device()
+        self.device.gates.append(self)
         self.released = 0  # parts handed to Serve's queue whose batch has not started
         self.held: list[tuple[Part, asyncio.Future]] = []
+        self.retired = False
+
+    @property
+    def busy(self) -> int:
+        return self.device.busy
 
     @property
     def idle(self) -> bool:
@@ -94,22 +122,22 @@ class BatchGate:
             if not part.started:  # failed or cancelled before its batch began
                 part.started = True
                 self.released = max(0, self.released - 1)
-                self._release_held()
+                self.device.next_turn()
 
     def started(self, parts: Sequence[Part]) -> None:
         """Called by the batch function as it begins: the device is taking these parts."""
-        self.busy += 1
+        self.device.busy += 1
         for part in parts:
             if not part.started:
                 part.started = True
                 self.released = max(0, self.released - 1)
 
     def finished(self) -> None:
-        """Called by the batch function as it ends: what was held forms the next batch."""
-        self.busy = max(0, self.busy - 1)
-        self._release_held()
+        """Called by the batch function as it ends: the next lane's held parts form a batch."""
+        self.device.busy = max(0, self.device.busy - 1)
+        self.device.next_turn()
 
-    def _release_held(self) -> None:
+    def release_held(self) -> None:
         if self.busy or not self.held:
             return
         held, self.held = self.held, []
@@ -143,7 +171,11 @@ def batch_size(parts: list[Part]) -> int:
 
 
 def split_request(
-    request: int, pairs: Pairs, settings: BatchSettings, owners: np.ndarray | None = None
+    request: int,
+    pairs: Pairs,
+    settings: BatchSettings,
+    owners: np.ndarray | None = None,
+    model: str = "",
 ) -> list[tuple[np.ndarray, Part]]:
     """Cut one request's pairs into parts the way forward passes are cut (length-sorted, under
     the token budget and `min_fill`) and at most `max_batch_size` pairs each, longest first,
@@ -152,7 +184,7 @@ def split_request(
     most = min(forward.max_batch_pairs, settings.batching.max_batch_size)
     cut = forward.model_copy(update={"max_batch_pairs": most})
     return [
-        (idx, Part(request, pairs.take(idx), settings, _owners(owners, idx)))
+        (idx, Part(request, pairs.take(idx), settings, _owners(owners, idx), model))
         for idx, _ in plan_batches(pairs.lengths, cut)
     ]
 
@@ -175,7 +207,17 @@ class BatchStats:
     inference_seconds: float = 0.0
     max_pairs_per_batch: int = 0
     max_requests_per_batch: int = 0
+    max_models_per_batch: int = 0  # 1 by construction (a lane per model); counted to show it
     failed_batches: int = 0
+
+    @classmethod
+    def merged(cls, many) -> BatchStats:
+        out = cls()
+        for stats in many:
+            for name, value in stats.__dict__.items():
+                mine = getattr(out, name)
+                setattr(out, name, max(mine, value) if name.startswith("max_") else mine + value)
+        return out
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -240,6 +282,7 @@ class BatchRunner:
         s.inference_seconds += stats.seconds
         s.max_pairs_per_batch = max(s.max_pairs_per_batch, stats.pairs)
         s.max_requests_per_batch = max(s.max_requests_per_batch, requests)
+        s.max_models_per_batch = max(s.max_models_per_batch, len({p.model for p in parts}))
         m = self.metrics
         m.observe("zeroshot_inference_seconds", stats.seconds)
         m.observe("zeroshot_batch_pairs", stats.pairs)
@@ -252,35 +295,38 @@ class BatchRunner:
         m.inc("zeroshot_padded_tokens", stats.padded_tokens)
 
 
-@serve.deployment(name=CLASSIFIER_NAME)
-class ZeroShotClassifier:
-    """Holds the model on the replica's device and scores NLI pairs in shared batches. Every
-    Serve option comes from `AppConfig.deployment_options`, the batching from `user_config`."""
+class ModelLane:
+    """One served model on a classifier replica: its scorer, its own `@serve.batch` queue and
+    `BatchGate`, its counters. Each model's batches fill with that model's parts alone: one
+    queue shared by all models would close a batch at its size and then split it by model
+    (Ray's multiplexed batching, ray PR 59334), so each model's share would run small."""
 
-    def __init__(self, config: dict):
-        import ray
-
-        cfg = AppConfig.model_validate(config)
-        if cfg.classifier.torch_threads:
-            import torch
-
-            torch.set_num_threads(cfg.classifier.torch_threads)
-        self.scorer = Scorer.from_config(cfg, ray.get_gpu_ids(), cfg.batching.forward)
-        self.settings = BatchSettings(cfg.batching, self.scorer.backend.device_type)
-        self.runner = BatchRunner(self.scorer, classifier_metrics())
-        self.gate = BatchGate(self._submit)
+    def __init__(
+        self,
+        model_id: str,
+        scorer: Scorer,
+        batching: ServeBatching,
+        metrics: Metrics,
+        executor: ThreadPoolExecutor,
+        device: Device,
+    ):
+        self.model_id = model_id
+        self.scorer = scorer
+        self.settings = BatchSettings(batching, scorer.backend.device_type)
+        self.runner = BatchRunner(scorer, metrics.for_model(model_id), executor)
+        self.gate = BatchGate(self._submit, device)
         self._calls = 0
         self._requests = 0
-        self.reconfigure(cfg.batching.model_dump())
+        self.on_unload: Callable[[ModelLane], None] | None = None
+
+        async def run_batch(parts: list[Part]) -> list[np.ndarray | ZeroShotError]:
+            return await self._run_batch(parts)
+
+        # A queue of this lane's own (a plain function: Serve keeps the queue on it). Size and
+        # wait come from the config through `reconfigure`.
+        self.score_parts = serve.batch(batch_size_fn=batch_size)(run_batch)
+        self.reconfigure(batching)
         self._warm_up()
-        log.info(
-            "%s ready: model %s on %s (%s), %d torch threads",
-            CLASSIFIER_NAME,
-            cfg.model,
-            self.scorer.device,
-            self.scorer.dtype,
-            _torch_threads(),
-        )
 
     def _warm_up(self) -> None:
         config = self.scorer.backend.config
@@ -288,39 +334,23 @@ class ZeroShotClassifier:
         eos = config.eos_token_id if config.eos_token_id is not None else bos
         self.scorer.score(Pairs.from_list([np.asarray([bos, eos, eos, eos], dtype=np.int32)]))
 
-    def reconfigure(self, user_config: dict) -> None:
-        """Apply a new batching user_config to the running replica (no restart)."""
-        batching = ServeBatching.model_validate(user_config or {})
+    def reconfigure(self, batching: ServeBatching) -> None:
         self.settings.update(batching)
         self.score_parts.set_max_batch_size(batching.max_batch_size)
         self.score_parts.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
         self.scorer.batching = self.settings.forward
-        log.info("batching: %s", batching.model_dump())
 
-    async def score(self, pairs: Pairs) -> np.ndarray:
-        """NLI logits `[len(pairs), num_labels]` (float32) of one request's pairs, in order.
-
-        Raises `InvalidInputError` for ids the model cannot take and the engine's typed error
-        when the forward pass fails for this request."""
-        if not isinstance(pairs, Pairs):
-            raise InvalidInputError(f"expected Pairs, got {type(pairs).__name__}")
-        if not len(pairs):
-            raise InvalidInputError("no pairs to score")
-        logits, errors = await self.score_requests(pairs, [len(pairs)])
-        if errors:
-            raise errors[0]
-        return logits
+    def __del__(self) -> None:
+        # Serve calls it when its LRU unloads the model (and Python when the lane is freed):
+        # the replica forgets the lane, so its weights go once the batches holding it end.
+        unload, self.on_unload = getattr(self, "on_unload", None), None
+        if unload is not None:
+            unload(self)
 
     async def score_requests(
         self, pairs: Pairs, counts: Sequence[int]
     ) -> tuple[np.ndarray, dict[int, ZeroShotError]]:
-        """Logits of many requests' pairs, concatenated (`counts` pairs each, in order), and,
-        by request index, the error of each request that could not be scored (its rows are
-        zero). One call carries every request an ingress replica coalesced; each request still
-        fails alone: bad ids are refused before they join a batch, and a request whose shared
-        forward pass failed is scored again by itself."""
-        if not isinstance(pairs, Pairs):
-            raise InvalidInputError(f"expected Pairs, got {type(pairs).__name__}")
+        """See `ZeroShotClassifier.score_requests`."""
         counts = np.asarray(counts, dtype=np.int64)
         if counts.ndim != 1 or int(counts.sum()) != len(pairs) or (counts < 1).any():
             raise InvalidInputError("counts must give each request's number of pairs (>= 1)")
@@ -375,7 +405,7 @@ class ZeroShotClassifier:
         """Logits of `pairs` (of the requests `owners`) through the shared batches, and the
         failed parts (positions, error) with their rows left zero."""
         self._calls += 1
-        parts = split_request(self._calls, pairs, self.settings, owners)
+        parts = split_request(self._calls, pairs, self.settings, owners, self.model_id)
         results = await asyncio.gather(*(self.gate.run(part) for _, part in parts))
         out = np.zeros((len(pairs), self.scorer.num_labels), dtype=np.float32)
         failed = []
@@ -397,11 +427,6 @@ class ZeroShotClassifier:
         self.score_parts.set_batch_wait_timeout_s(wait if alone else 0.0)
         return await self.score_parts(part)
 
-    # The batch size and wait come from the config through `reconfigure`, not from here.
-    @serve.batch(batch_size_fn=batch_size)
-    async def score_parts(self, parts: list[Part]) -> list[np.ndarray | ZeroShotError]:
-        return await self._run_batch(parts)
-
     async def _run_batch(self, parts: list[Part]) -> list[np.ndarray | ZeroShotError]:
         self.gate.started(parts)
         # Errors come back as values: raising here would fail every request of the batch.
@@ -413,27 +438,150 @@ class ZeroShotClassifier:
         finally:
             self.gate.finished()
 
+
+@serve.deployment(name=CLASSIFIER_NAME)
+class ZeroShotClassifier:
+    """Holds the served models on the replica's device (Serve's model multiplexing: a call
+    names its model by `multiplexed_model_id`, Serve routes it to a replica holding that model
+    where one does, and each replica keeps the `models_per_replica` most recently used) and
+    scores NLI pairs in shared batches, one lane per model. Every Serve option comes from
+    `AppConfig.deployment_options`, the batching from `user_config`."""
+
+    async def __init__(self, config: dict):
+        cfg = AppConfig.model_validate(config)
+        if cfg.classifier.torch_threads:
+            import torch
+
+            torch.set_num_threads(cfg.classifier.torch_threads)
+        self.config = cfg
+        self.served = {m.name for m in cfg.served}
+        self.batching = cfg.batching
+        self.metrics = classifier_metrics()
+        # One device thread for every model: forward passes run off the replica's event loop
+        # (health checks and batch assembly keep going) and never overlap on the device.
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="zeroshot-device")
+        self.device = Device()  # whose held parts go next when the device frees
+        self.loaded: dict[str, ModelLane] = {}
+        self.load_seconds: dict[str, float] = {}
+
+        async def load(model_id: str) -> ModelLane:
+            return await self._load(model_id)
+
+        # A plain function: Serve keeps its LRU on the function object (not on a bound
+        # method), and its size comes from the config, not from a decorator literal.
+        self.lane = serve.multiplexed(max_num_models_per_replica=cfg.models_per_replica())(load)
+        # The default model is loaded (and warmed up) before the replica reports ready.
+        first = await self.lane(cfg.default_model)
+        log.info(
+            "%s ready: model %s on %s (%s), %d torch threads",
+            CLASSIFIER_NAME,
+            first.model_id,
+            first.scorer.device,
+            first.scorer.dtype,
+            _torch_threads(),
+        )
+
+    async def _load(self, model_id: str) -> ModelLane:
+        """Serve's multiplexing loader: the lane of `model_id`, loaded off the event loop."""
+        if model_id not in self.served:
+            raise ModelNotFoundError(_unknown(model_id, self.config))
+        started = time.perf_counter()
+        lane = await asyncio.to_thread(self._new_lane, model_id)
+        self.load_seconds[model_id] = time.perf_counter() - started
+        lane.on_unload = self._forget
+        self.loaded[model_id] = lane
+        return lane
+
+    def _new_lane(self, model_id: str) -> ModelLane:
+        import ray
+
+        cfg = self.config.for_model(model_id)
+        scorer = Scorer.from_config(cfg, ray.get_gpu_ids(), self.batching.forward)
+        return ModelLane(model_id, scorer, self.batching, self.metrics, self.executor, self.device)
+
+    def _forget(self, lane: ModelLane) -> None:
+        lane.gate.retired = True
+        if self.loaded.get(lane.model_id) is lane:
+            del self.loaded[lane.model_id]
+            log.info("unloaded model %s (least recently used)", lane.model_id)
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Apply a new batching user_config to the running replica (no restart)."""
+        self.batching = ServeBatching.model_validate(user_config or {})
+        for lane in list(self.loaded.values()):
+            lane.reconfigure(self.batching)
+        log.info("batching: %s", self.batching.model_dump())
+
+    async def _lane_of_call(self) -> ModelLane:
+        return await self.lane(serve.get_multiplexed_model_id() or self.config.default_model)
+
+    async def score(self, pairs: Pairs) -> np.ndarray:
+        """NLI logits `[len(pairs), num_labels]` (float32) of one request's pairs, in order,
+        by the model the call names (`multiplexed_model_id`; none: the first served).
+
+        Raises `InvalidInputError` for ids the model cannot take and the engine's typed error
+        when the forward pass fails for this request."""
+        if not isinstance(pairs, Pairs):
+            raise InvalidInputError(f"expected Pairs, got {type(pairs).__name__}")
+        if not len(pairs):
+            raise InvalidInputError("no pairs to score")
+        logits, errors = await self.score_requests(pairs, [len(pairs)])
+        if errors:
+            raise errors[0]
+        return logits
+
+    async def score_requests(
+        self, pairs: Pairs, counts: Sequence[int]
+    ) -> tuple[np.ndarray, dict[int, ZeroShotError]]:
+        """Logits of many requests' pairs for the model the call names, concatenated (`counts`
+        pairs each, in order), and, by request index, the error of each request that could not
+        be scored (its rows are zero). One call carries every request an ingress replica
+        coalesced for that model; each request still fails alone: bad ids are refused before
+        they join a batch, and a request whose shared forward pass failed is scored again by
+        itself."""
+        if not isinstance(pairs, Pairs):
+            raise InvalidInputError(f"expected Pairs, got {type(pairs).__name__}")
+        lane = await self._lane_of_call()
+        return await lane.score_requests(pairs, counts)
+
+    def _any_lane(self) -> ModelLane | None:
+        return next(iter(self.loaded.values()), None)
+
     def info(self) -> dict:
+        lane = self._any_lane()
         return {
-            "device": self.scorer.device,
-            "dtype": self.scorer.dtype,
-            "num_labels": self.scorer.num_labels,
-            "max_length": self.scorer.max_length,
-            "batching": self.settings.batching.model_dump(),
+            "device": lane.scorer.device if lane else None,
+            "dtype": lane.scorer.dtype if lane else None,
+            "num_labels": lane.scorer.num_labels if lane else None,
+            "max_length": lane.scorer.max_length if lane else None,
+            "batching": self.batching.model_dump(),
+            "models_loaded": list(self.loaded),
+            "max_models_per_replica": self.config.models_per_replica(),
+            "load_seconds": self.load_seconds.get(self.config.default_model),
         }
 
     def stats(self, reset: bool = False) -> dict:
-        out = self.runner.stats.as_dict()
-        if reset:
-            self.runner.stats = BatchStats()
-        return out
+        """This replica's batch counters: over all its models, and by model under `models`."""
+        by_model = {}
+        for model_id, lane in list(self.loaded.items()):
+            by_model[model_id] = lane.runner.stats
+            if reset:
+                lane.runner.stats = BatchStats()
+        return {**BatchStats.merged(by_model.values()).as_dict(), "models": {
+            model_id: stats.as_dict() for model_id, stats in by_model.items()
+        }}  # fmt: skip
 
     async def check_health(self) -> None:
-        """Touch the device with a tiny op (off the event loop); fail when the model is gone."""
-        scorer = getattr(self, "scorer", None)
-        if scorer is None:
+        """Touch the device with a tiny op (off the event loop); fail when no model is loaded."""
+        lane = self._any_lane() if hasattr(self, "loaded") else None
+        if lane is None:
             raise RuntimeError("the model is not loaded")
-        await asyncio.to_thread(scorer.check)
+        await asyncio.to_thread(lane.scorer.check)
+
+
+def _unknown(model_id: str, cfg: AppConfig) -> str:
+    served = ", ".join(m.name for m in cfg.served)
+    return f"no model {model_id!r} is served here; the served ones: {served}"
 
 
 def _torch_threads() -> int:

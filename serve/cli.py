@@ -37,7 +37,16 @@ APP_FLAGS = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from serve.config import AppConfig
 
-    add_flags(parser, AppConfig, APP_FLAGS)
+    add_flags(parser, AppConfig, [f for f in APP_FLAGS if f.path != "model"])
+    parser.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        metavar="[ID=]MODEL",
+        help="Hugging Face hub id or local directory to serve; repeat to serve several in one "
+        "app (requests pick one by id, the first is the default); ID= names one (default: "
+        f"MODEL as given; --revision applies to each) (default: {AppConfig().model})",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="HTTP host (0.0.0.0: all interfaces)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port")
     parser.add_argument(
@@ -56,13 +65,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="use Serve's default Python proxy instead of its HAProxy high-throughput ingress "
         "(on by default for the local Ray this starts; a joined cluster decides for itself)",
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's and Serve's informational log lines too (off: our lines and warnings)",
+    )
 
 
 def config_from_args(args: argparse.Namespace):
     """The `AppConfig` the parsed options ask for."""
     from serve.config import AppConfig
 
-    return AppConfig.model_validate(values(args))
+    fields = values(args)
+    given = [_served(word) for word in getattr(args, "models", None) or []]
+    if len(given) == 1 and "id" not in given[0]:
+        fields["model"] = given[0]["model"]  # one model: the plain form, as in the YAML
+    elif given:
+        revision = fields.pop("revision", None)
+        fields["models"] = [{**m, "revision": revision} for m in given]
+    return AppConfig.model_validate(fields)
+
+
+def _served(word: str) -> dict:
+    """`[ID=]MODEL` as a served model's fields (a hub id or path holds no '=' before a '/')."""
+    name, eq, source = word.partition("=")
+    if eq and name and "/" not in name:
+        return {"id": name, "model": source}
+    return {"model": word}
 
 
 def drain(build, cfg, name: str, version: str, timeout_s: float) -> None:
@@ -106,9 +135,10 @@ def main(args: argparse.Namespace) -> int:
     name = args.name or APP_NAME
     if args.address is None:
         # Fail fast, before starting Ray, when the model cannot be found (offline, bad path).
-        from zeroshot.loading import load_config
+        from zeroshot.loading import check_model
 
-        load_config(cfg.model, cfg.revision)
+        for served in cfg.served:
+            check_model(served.model, served.revision)
 
     fast = False
     if args.address is None:
@@ -131,17 +161,22 @@ def main(args: argparse.Namespace) -> int:
         else:
             fast_ingress.disable()
 
+    from serve.startup import StartupClock
+
+    clock = StartupClock()
     import ray
     from ray import serve
 
     from serve.app import build, cluster_gpus
     from serve.config import deployment_needs, shortfall
     from serve.ui import banner
+    from zeroshot import raylog
 
+    init = raylog.quiet(args.verbose)  # after `import ray.serve`, which sets its logger's level
     started_ray = False
     node = ""  # the local Ray node this process starts, whose HAProxy it stops
     if args.address is None:
-        ray.init(address="local", num_cpus=args.num_cpus)  # never join a running one
+        ray.init(address="local", num_cpus=args.num_cpus, **init)  # never join a running one
         started_ray = True
         node = ray.get_runtime_context().get_node_id()
         gpus = cluster_gpus()
@@ -157,7 +192,8 @@ def main(args: argparse.Namespace) -> int:
             )
             return 1
     else:
-        ray.init(address=args.address)
+        ray.init(address=args.address, **init)
+    clock.lap("Ray")
 
     def stop(signum, frame):  # SIGTERM (docker stop, kill) ends like Ctrl-C
         raise KeyboardInterrupt
@@ -181,11 +217,16 @@ def main(args: argparse.Namespace) -> int:
             # A fresh process: this one's Serve read the fast-ingress settings at import.
             argv = [sys.executable, "-m", "zeroshot", *sys.argv[1:], "--no-fast-ingress"]
             os.execv(sys.executable, argv)
+        clock.lap("Serve")
         serve.run(build(cfg, version=version), name=name, route_prefix="/")
+        clock.lap("app")
         shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         url = f"http://{shown}:{args.port}"
-        print(f"serving {cfg.model} at {url}/  (docs: {url}/docs)  - Ctrl-C to stop", flush=True)
-        print(banner(url, local=started_ray), flush=True)
+        clock.wait_healthy(url)
+        print(clock.line(load_s=clock.model_load_s(name)), flush=True)
+        models = ", ".join(m.name for m in cfg.served)
+        print(f"serving {models} at {url}/  (docs: {url}/docs)  - Ctrl-C to stop", flush=True)
+        print(banner(url), flush=True)
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
@@ -200,7 +241,12 @@ def main(args: argparse.Namespace) -> int:
         except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - stop anyway
             print(f"stopping without draining: {exc!r}", file=sys.stderr)
     except RuntimeError as exc:
-        print(f"error: the app did not start: {exc}", file=sys.stderr)
+        from serve.startup import why_not_running
+
+        why = why_not_running(name)
+        print(
+            f"error: the app did not start: {exc}" + (f" ({why})" if why else ""), file=sys.stderr
+        )
         return 1
     finally:
         # A second Ctrl-C / SIGTERM may cut the drain short, never this cleanup: cut, it

@@ -167,6 +167,13 @@ class ClassifierSettings(ReplicaSettings):
         description="Intra-op threads of a classifier replica on CPU; None keeps Ray's default "
         "(OMP_NUM_THREADS = the replica's num_cpus).",
     )
+    max_models_per_replica: int | None = Field(
+        None,
+        ge=1,
+        description="Models one classifier replica keeps loaded when the app serves several "
+        "(its GPU holds their weights); a request for another one loads it in place of the "
+        "least recently used. None means all of them.",
+    )
     # A device op answers the health check; the first one on a busy GPU can be slow.
     health_check_timeout_s: float = Field(
         60.0, gt=0, description="A health check slower than this counts as failed."
@@ -176,6 +183,27 @@ class ClassifierSettings(ReplicaSettings):
     )
 
 
+class ServedModel(BaseModel):
+    """One model of an app that serves several: requests name it by `id`."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    id: str | None = Field(
+        None,
+        min_length=1,
+        description="The name requests use (the `model` field, `parameters.model`, "
+        "/models/{id}); None means `model` as given.",
+    )
+    model: str = Field(min_length=1, description="Hugging Face hub id or local directory.")
+    revision: str | None = Field(
+        None, description="Hub revision (branch, tag or commit); None means the default branch."
+    )
+
+    @property
+    def name(self) -> str:
+        return self.id or self.model
+
+
 class AppConfig(ModelConfig):
     """Arguments of the Serve application (`serve.app:build_app`), as in serve/config.yaml.
 
@@ -183,6 +211,11 @@ class AppConfig(ModelConfig):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
+    models: list[ServedModel] = Field(
+        default_factory=list,
+        description="The models to serve, when more than one: each request picks one by id, "
+        "and one naming none gets the first. Empty means the one `model` (and `revision`).",
+    )
     limits: Limits = Field(default_factory=Limits, description="Per-request input limits.")
     batching: ServeBatching = Field(
         default_factory=ServeBatching,
@@ -225,6 +258,53 @@ class AppConfig(ModelConfig):
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key must not be empty; leave it unset to turn auth off")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_is_the_first_served(cls, data: Any) -> Any:
+        # With `models`, `model` and `revision` are the first one's (the default, and what
+        # code that knows one model reads); given apart, they must agree with it.
+        if not isinstance(data, dict) or not data.get("models"):
+            return data
+        first = data["models"][0]
+        first = first.model_dump() if isinstance(first, BaseModel) else dict(first)
+        for key in ("model", "revision"):
+            if key in data and data[key] != first.get(key):
+                raise ValueError(
+                    f"give `models` or `model` (and `revision`), not both: {key} "
+                    f"{data[key]!r} is not the first model's ({first.get(key)!r})"
+                )
+        return {**data, "model": first.get("model"), "revision": first.get("revision")}
+
+    @model_validator(mode="after")
+    def _ids_differ(self) -> AppConfig:
+        names = [m.name for m in self.models]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"model ids must differ; served twice: {', '.join(twice)}")
+        return self
+
+    @property
+    def served(self) -> list[ServedModel]:
+        """The served models, the default (a request naming none) first."""
+        return self.models or [ServedModel(model=self.model, revision=self.revision)]
+
+    @property
+    def default_model(self) -> str:
+        return self.served[0].name
+
+    def for_model(self, model_id: str) -> AppConfig:
+        """This config with `model` and `revision` of the served model `model_id` (what the
+        engine's loaders read)."""
+        served = next(m for m in self.served if m.name == model_id)
+        return self.model_copy(
+            update={"model": served.model, "revision": served.revision, "models": []}
+        )
+
+    def models_per_replica(self) -> int:
+        """How many models a classifier replica keeps loaded (the least recently used goes
+        when another one is needed)."""
+        return min(self.classifier.max_models_per_replica or len(self.served), len(self.served))
 
     def resolved_api_key(self) -> str | None:
         """The key to enforce, from api_key or the api_key_env variable (read where called)."""

@@ -42,6 +42,7 @@ STATUS: dict[ErrorType, int] = {
     ErrorType.BODY_TOO_LARGE: 413,
     ErrorType.UNAUTHORIZED: 401,
     ErrorType.NOT_FOUND: 404,
+    ErrorType.MODEL_NOT_FOUND: 404,
     ErrorType.METHOD_NOT_ALLOWED: 405,
     ErrorType.TOO_MANY_REQUESTS: 429,
     ErrorType.OVERLOADED: 503,

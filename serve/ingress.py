@@ -9,11 +9,12 @@ empty bodies and unknown fields get the documented 4xx in the `{"error": ...}` s
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -42,7 +43,9 @@ from zeroshot.errors import (
     BodyTooLargeError,
     DeadlineExceededError,
     ErrorType,
+    InvalidInputError,
     InvalidJSONError,
+    ModelNotFoundError,
     ModelUnavailableError,
     OverloadedError,
     ShuttingDownError,
@@ -60,11 +63,14 @@ RETRYABLE = (RayActorError, ActorUnavailableError)
 # How long /healthz waits for a classifier replica to answer before saying 503.
 READY_TIMEOUT_S = 2.0
 
+# The Hugging Face Inference API's per-model route: POST /models/{id}.
+MODELS_PREFIX = "/models/"
+
 OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 
-# (pairs, counts) -> (logits, {request index: error}); the deployment passes its handle, unit
-# tests a local function.
-ScoreFn = Callable[[Any, list[int]], Awaitable[tuple[Any, dict]]]
+# (model id, pairs, counts) -> (logits, {request index: error}); the deployment passes its
+# handle, unit tests a local function.
+ScoreFn = Callable[[str, Any, list[int]], Awaitable[tuple[Any, dict]]]
 InfoFn = Callable[[], Awaitable[dict]]
 
 
@@ -129,13 +135,27 @@ class HotRoutes:
     and exception middlewares cost about as much per request as our own work and add nothing
     to them: their handlers read and answer the body themselves, errors included."""
 
-    def __init__(self, app, routes: dict[str, Callable[[Request], Awaitable[Any]]]):
+    def __init__(
+        self,
+        app,
+        routes: dict[str, Callable[[Request], Awaitable[Any]]],
+        prefixes: dict[str, Callable[[Request], Awaitable[Any]]] | None = None,
+    ):
         self.app = app
         self.routes = routes
+        self.prefixes = prefixes or {}
+
+    def _handler(self, path: str):
+        handler = self.routes.get(path)
+        if handler is None:
+            for prefix, candidate in self.prefixes.items():
+                if path.startswith(prefix) and len(path) > len(prefix):
+                    return candidate
+        return handler
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] == "POST":
-            handler = self.routes.get(_route_path(scope))
+            handler = self._handler(_route_path(scope))
             if handler is not None:
                 response = await handler(Request(scope, receive))
                 return await response(scope, receive, send)
@@ -153,38 +173,66 @@ def _route_path(scope) -> str:
 class Service:
     """The ingress's work, free of Serve: validate -> encode -> score (remote) -> assemble.
 
-    Concurrent requests are coalesced (`serve.coalesce`): each classifier call carries every
-    request that arrived while earlier calls were in flight, encoded with one tokenizer call
-    and assembled together; a request that breaks encoding or scoring fails alone."""
+    Each served model has its own tokenizer (`Frontend`) and its own coalescer
+    (`serve.coalesce`): concurrent requests for one model leave in one classifier call,
+    encoded with one tokenizer call and assembled together; a call never carries two models,
+    and a request that breaks encoding or scoring fails alone."""
 
-    def __init__(self, config: AppConfig, frontend, score: ScoreFn, info: InfoFn, metrics=None):
+    def __init__(
+        self,
+        config: AppConfig,
+        frontends: Mapping[str, Any] | Any,
+        score: ScoreFn,
+        info: InfoFn,
+        metrics=None,
+    ):
         self.config = config
-        self.frontend = frontend
+        if not isinstance(frontends, Mapping):  # one model: its Frontend alone
+            frontends = {config.default_model: frontends}
+        self.frontends: dict[str, Any] = dict(frontends)
+        self.default_model = config.default_model
         self.score = score
         self.remote_info = info
         self.metrics: Metrics = metrics or Metrics([])
-        self.calls: Coalescer = Coalescer(
-            self._flush,
-            max_in_flight=config.ingress.max_calls_in_flight,
-            # About one classifier batch per call; a bigger request travels alone. A second
-            # call leaves with half a batch waiting: the classifier is busy with the first.
-            max_size=config.batching.max_batch_size,
-            spill=max(1, config.batching.max_batch_size // 2),
-            size=lambda item: len(item[0].sequences) * len(item[0].labels),
-            expired=lambda: DeadlineExceededError(
-                f"the request took longer than its {config.request_timeout_s:g} s deadline; "
-                "retry later"
-            ),
-        )
+        self.calls: dict[str, Coalescer] = {
+            model_id: Coalescer(
+                functools.partial(self._flush, model_id),
+                max_in_flight=config.ingress.max_calls_in_flight,
+                # About one classifier batch per call; a bigger request travels alone. A second
+                # call leaves with half a batch waiting: the classifier is busy with the first.
+                max_size=config.batching.max_batch_size,
+                spill=max(1, config.batching.max_batch_size // 2),
+                size=lambda item: len(item[0].sequences) * len(item[0].labels),
+                expired=lambda: DeadlineExceededError(
+                    f"the request took longer than its {config.request_timeout_s:g} s "
+                    "deadline; retry later"
+                ),
+            )
+            for model_id in self.frontends
+        }
         self._ready_until = 0.0
         self.draining = False
         self.in_flight = 0  # requests accepted and not answered yet
 
-    async def classify(self, sequences, labels, template, multi_label) -> tuple[list, dict]:
+    def model_id(self, name: str | None) -> str:
+        """The served model a request names (None: the first), or `ModelNotFoundError`."""
+        if name is None:
+            return self.default_model
+        if name not in self.frontends:
+            served = ", ".join(self.frontends)
+            raise ModelNotFoundError(f"no model {name!r} is served here; the served ones: {served}")
+        return name
+
+    async def classify(
+        self, sequences, labels, template, multi_label, model: str | None = None
+    ) -> tuple[list, dict]:
+        """Results and usage of one request for the served model `model` (None: the first)."""
         if self.draining:
             raise ShuttingDownError("this instance is stopping; retry (another one will answer)")
+        model_id = self.model_id(model)
+        calls = self.calls[model_id]
         timeout = self.config.request_timeout_s
-        wait = self.calls.expected_wait_s()
+        wait = calls.expected_wait_s()
         if wait > timeout:
             # Shed at the door: queued, it would time out anyway, after using a slot.
             raise OverloadedError(
@@ -194,26 +242,27 @@ class Service:
             )
         self.in_flight += 1
         try:
-            request = self.frontend.request(
+            request = self.frontends[model_id].request(
                 sequences,
                 labels,
                 DEFAULT_TEMPLATE if template is None else template,
                 bool(multi_label),
             )
-            return await self.calls.submit((request, _request_id()), time.monotonic() + timeout)
+            return await calls.submit((request, _request_id()), time.monotonic() + timeout)
         finally:
             self.in_flight -= 1
 
-    async def _flush(self, items: list) -> list:
-        """One classifier call for `items` (request, request id): (results, usage) or the
-        error, per request."""
+    async def _flush(self, model_id: str, items: list) -> list:
+        """One classifier call of `model_id` for `items` (request, request id): (results,
+        usage) or the error, per request."""
+        frontend, metrics = self.frontends[model_id], self.metrics.for_model(model_id)
         requests = [request for request, _ in items]
         t0 = time.perf_counter()
         chars = sum(len(text) for request in requests for text in request.sequences)
         if chars > INLINE_ENCODE_CHARS:
-            encoded = await asyncio.to_thread(self.frontend.encode_many, requests)
+            encoded = await asyncio.to_thread(frontend.encode_many, requests)
         else:
-            encoded = self.frontend.encode_many(requests)
+            encoded = frontend.encode_many(requests)
         out: list = list(encoded)  # encoding errors stay in place
         ok = [i for i, e in enumerate(encoded) if not isinstance(e, BaseException)]
         t1 = time.perf_counter()
@@ -221,12 +270,12 @@ class Service:
             counts = [len(encoded[i].pairs) for i in ok]
             pairs = Pairs.concat([encoded[i].pairs for i in ok])
             try:
-                logits, errors = await self.score(pairs, counts)
+                logits, errors = await self.score(model_id, pairs, counts)
             except RETRYABLE as exc:
                 # Scoring is idempotent: a call whose classifier replica died is sent once
                 # more; Serve routes it to a live replica when there is one.
                 log.warning("classifier call failed (%r); retrying once", exc)
-                logits, errors = await self.score(pairs, counts)
+                logits, errors = await self.score(model_id, pairs, counts)
             t2 = time.perf_counter()
             for j, (i, rows) in enumerate(zip(ok, split(logits, counts))):
                 if j in errors:
@@ -234,17 +283,18 @@ class Service:
                     continue
                 enc = encoded[i]
                 usage = {"pairs": len(enc.pairs), "tokens": enc.num_tokens}
-                out[i] = (self.frontend.assemble(enc.request, rows), usage)
+                out[i] = (frontend.assemble(enc.request, rows), usage)
             t3 = time.perf_counter()
-            self.metrics.observe("zeroshot_assemble_seconds", t3 - t2)
-        self.metrics.observe("zeroshot_encode_seconds", t1 - t0)
-        self.metrics.observe("zeroshot_call_requests", len(requests))
-        self.metrics.inc("zeroshot_requests", len(requests))
+            metrics.observe("zeroshot_assemble_seconds", t3 - t2)
+        metrics.observe("zeroshot_encode_seconds", t1 - t0)
+        metrics.observe("zeroshot_call_requests", len(requests))
+        metrics.inc("zeroshot_requests", len(requests))
         # The service's access log, one line per classifier call naming each request it
         # carried (Serve's own per-request line is off: a log record per request costs ~8% of
         # the ingress's CPU at thousands of requests/s).
         log.info(
-            "classified requests=%d pairs=%d encode_ms=%.1f call_ms=%.1f request_ids=%s",
+            "classified model=%s requests=%d pairs=%d encode_ms=%.1f call_ms=%.1f request_ids=%s",
+            model_id,
             len(requests),
             sum(len(encoded[i].pairs) for i in ok),
             1e3 * (t1 - t0),
@@ -275,30 +325,49 @@ class Service:
         # Asked each time: device and dtype are decided on the classifier replica (dtype=auto,
         # GPU ids) and its batching can be retuned on a running app.
         remote = await self.remote_info()
-        nli = self.frontend.nli
         cfg = self.config
+        models = [self._model_info(m, remote) for m in cfg.served]
+        first = models[0]
         return {
-            "model": cfg.model,
-            "revision": cfg.revision,
+            # The first (default) model's, as before several could be served.
+            "model": first["model"],
+            "revision": first["revision"],
             "device": remote.get("device"),
             "dtype": remote.get("dtype"),
+            "labels": first["labels"],
+            "max_length": first["max_length"],
+            "models": models,
+            "limits": {**cfg.limits.model_dump(), "max_body_bytes": cfg.max_body_bytes},
+            "batching": remote.get("batching"),
+            "max_models_per_replica": cfg.models_per_replica(),
+            "auth": cfg.resolved_api_key() is not None,
+            "metrics": await asyncio.to_thread(metrics_info),  # ray.nodes() asks the GCS
+        }
+
+    def _model_info(self, served, remote: dict) -> dict:
+        frontend = self.frontends[served.name]
+        nli = frontend.nli
+        return {
+            "id": served.name,
+            "model": served.model,
+            "revision": served.revision,
+            "family": getattr(frontend.config, "model_type", None),
             "labels": {
                 "id2label": {str(k): v for k, v in sorted(nli.id2label.items())},
                 "entailment_id": nli.entailment_id,
                 "contradiction_id": nli.contradiction_id,
             },
-            "max_length": self.frontend.max_length,
-            "limits": {**cfg.limits.model_dump(), "max_body_bytes": cfg.max_body_bytes},
-            "batching": remote.get("batching"),
-            "auth": cfg.resolved_api_key() is not None,
-            "metrics": await asyncio.to_thread(metrics_info),  # ray.nodes() asks the GCS
+            "max_length": frontend.max_length,
+            "dtype": remote.get("dtype"),
         }
 
-    def failed(self, exc: BaseException) -> JSONResponse:
-        """Any failure of a classification as its JSON error response (never a stack trace)."""
+    def failed(self, exc: BaseException, model: str | None = None) -> JSONResponse:
+        """Any failure of a classification as its JSON error response (never a stack trace);
+        `model`: the served model the request named, when it named one that is served."""
         error = to_error(exc)
         response = error_response(error)
-        self.metrics.inc(
+        metrics = self.metrics.for_model(model) if model in self.frontends else self.metrics
+        metrics.inc(
             "zeroshot_request_errors",
             tags={"type": error.type.value, "status": str(response.status_code)},
         )
@@ -331,7 +400,9 @@ def create_api(service: Service) -> FastAPI:
     app = FastAPI(
         title="Zero-shot classification",
         version="1",
-        description=f"Zero-shot text classification with `{cfg.model}` (NLI), on Ray Serve.",
+        description="Zero-shot text classification with "
+        + ", ".join(f"`{m.name}`" for m in cfg.served)
+        + " (NLI), on Ray Serve.",
         docs_url="/docs",
         redoc_url=None,
         openapi_url="/openapi.json",
@@ -353,18 +424,26 @@ def create_api(service: Service) -> FastAPI:
 
     schemas: dict[str, type] = {}
 
-    async def hf_inference(request: Request):
+    async def hf_inference(request: Request, path_model: str | None = None):
+        model = path_model
         try:
             body = parse(HFRequest, await read_json(request, cfg.max_body_bytes))
             params = body.parameters
+            if path_model is not None and params.model not in (None, path_model):
+                raise InvalidInputError(
+                    f"the path names model {path_model!r}, parameters.model {params.model!r}: "
+                    "name one"
+                )
+            model = path_model or params.model
             results, _ = await service.classify(
                 body.inputs,
                 params.candidate_labels,
                 params.hypothesis_template,
                 params.multi_label,
+                model,
             )
         except Exception as exc:  # noqa: BLE001 - every failure gets the error shape
-            return service.failed(exc)
+            return service.failed(exc, model)
         answer = [
             [{"label": label, "score": score} for label, score in zip(r["labels"], r["scores"])]
             for r in results
@@ -372,14 +451,26 @@ def create_api(service: Service) -> FastAPI:
         return JSONResponse(answer[0] if isinstance(body.inputs, str) else answer)
 
     async def classify(request: Request):
+        model = None
         try:
             body = parse(ClassifyRequest, await read_json(request, cfg.max_body_bytes))
+            model = body.model
             results, usage = await service.classify(
-                body.sequences, body.candidate_labels, body.hypothesis_template, body.multi_label
+                body.sequences,
+                body.candidate_labels,
+                body.hypothesis_template,
+                body.multi_label,
+                model,
             )
         except Exception as exc:  # noqa: BLE001 - every failure gets the error shape
-            return service.failed(exc)
-        return JSONResponse({"model": cfg.model, "results": results, "usage": usage})
+            return service.failed(exc, model)
+        answer = {"model": service.model_id(model), "results": results, "usage": usage}
+        return JSONResponse(answer)
+
+    async def hf_model_inference(request: Request):
+        # /models/{id}: the Hugging Face Inference API's URL shape, so a client pointed at
+        # http://host/models/ID works; ids may hold slashes (hub ids do).
+        return await hf_inference(request, _route_path(request.scope)[len(MODELS_PREFIX) :])
 
     # Registered for /docs and the OpenAPI schema; requests reach them through `HotRoutes`.
     app.post(
@@ -389,6 +480,13 @@ def create_api(service: Service) -> FastAPI:
         openapi_extra=body_doc(HFRequest),
         summary="Classify (Hugging Face Inference API shape)",
     )(hf_inference)
+    app.post(
+        MODELS_PREFIX + "{model_id:path}",
+        response_model=list[LabelScore] | list[list[LabelScore]],
+        responses=_ERRORS,
+        openapi_extra=body_doc(HFRequest),
+        summary="Classify with the served model `model_id` (Hugging Face Inference API shape)",
+    )(hf_model_inference)
     app.post(
         "/v1/classify",
         response_model=ClassifyResponse,
@@ -435,7 +533,11 @@ def create_api(service: Service) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    app.add_middleware(HotRoutes, routes={"/": hf_inference, "/v1/classify": classify})
+    app.add_middleware(
+        HotRoutes,
+        routes={"/": hf_inference, "/v1/classify": classify},
+        prefixes={MODELS_PREFIX: hf_model_inference},
+    )
     key = cfg.resolved_api_key()
     if key:
         app.add_middleware(ApiKeyMiddleware, key=key)
@@ -447,17 +549,21 @@ def create_api(service: Service) -> FastAPI:
 @serve.deployment(name=INGRESS_NAME)
 @serve.ingress()
 class ZeroShotIngress:
-    """HTTP ingress replica: holds a `Frontend` and a handle to the classifier deployment."""
+    """HTTP ingress replica: holds a `Frontend` per served model and a handle to the
+    classifier deployment."""
 
     def __init__(self, classifier, config: dict):
         from zeroshot.frontend import Frontend
 
         self.config = AppConfig.model_validate(config)
         self.classifier = classifier
-        frontend = Frontend.from_pretrained(
-            self.config.model, self.config.revision, self.config.limits
-        )
-        self.service = Service(self.config, frontend, self._score, self._info, ingress_metrics())
+        # Every served model's tokenizer and config (never its weights), loaded up front: a
+        # request for any of them is encoded here at once.
+        frontends = {
+            m.name: Frontend.from_pretrained(m.model, m.revision, self.config.limits)
+            for m in self.config.served
+        }
+        self.service = Service(self.config, frontends, self._score, self._info, ingress_metrics())
 
     def reconfigure(self, user_config: dict) -> None:
         """Apply the ingress's `IngressState` (e.g. draining before a stop) on this replica."""
@@ -470,8 +576,10 @@ class ZeroShotIngress:
         """Requests this replica accepted and has not answered yet; None until it drains."""
         return self.service.in_flight if self.service.draining else None
 
-    async def _score(self, pairs, counts):
-        return await self.classifier.score_requests.remote(pairs, counts)
+    async def _score(self, model_id: str, pairs, counts):
+        # Serve routes the call to a classifier replica that holds `model_id` where one does.
+        call = self.classifier.options(multiplexed_model_id=model_id)
+        return await call.score_requests.remote(pairs, counts)
 
     async def _info(self) -> dict:
         return await self.classifier.info.remote()

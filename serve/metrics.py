@@ -7,6 +7,7 @@ the classifier; the batch shape histograms say how well batching works.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 
@@ -51,6 +52,10 @@ HISTOGRAMS: dict[str, tuple[str, Sequence[float]]] = {
         RATIOS,
     ),
 }
+# Every series carries the served model's id (an app may serve several); "-" where a request
+# failed before naming one (e.g. malformed JSON).
+MODEL_TAG = "model"
+NO_MODEL = "-"
 # Counters are exact where Ray's exported histogram sums are not (Ray 2.60 rebuilds them from
 # bucket midpoints), so means such as pairs per batch come from these.
 COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -67,33 +72,45 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 class Metrics:
-    """Histograms and counters by name; a logged no-op if Ray cannot create them."""
+    """Histograms and counters by name, each tagged with the model; a logged no-op if Ray
+    cannot create them. `for_model` gives the view one model's code records through."""
 
     def __init__(self, names: Sequence[str], counters: Sequence[str] = ()):
         self._hist: dict = {}
         self._count: dict = {}
+        self._tags: dict[str, str] = {MODEL_TAG: NO_MODEL}
         try:
             from ray.serve.metrics import Counter, Histogram
 
             for name in names:
                 description, bounds = HISTOGRAMS[name]
-                self._hist[name] = Histogram(name, description=description, boundaries=bounds)
+                self._hist[name] = Histogram(
+                    name, description=description, boundaries=bounds, tag_keys=(MODEL_TAG,)
+                )
             for name in counters:
                 description, tag_keys = COUNTERS[name]
-                self._count[name] = Counter(name, description=description, tag_keys=tag_keys)
+                self._count[name] = Counter(
+                    name, description=description, tag_keys=(*tag_keys, MODEL_TAG)
+                )
         except Exception as exc:  # noqa: BLE001 - metrics must never break serving
             logging.getLogger("ray.serve").warning("metrics disabled: %r", exc)
             self._hist, self._count = {}, {}
 
+    def for_model(self, model_id: str) -> Metrics:
+        """The same series, recorded with `model_id` as their model tag."""
+        view = copy.copy(self)
+        view._tags = {MODEL_TAG: model_id}
+        return view
+
     def observe(self, name: str, value: float) -> None:
         hist = self._hist.get(name)
         if hist is not None:
-            hist.observe(value)
+            hist.observe(value, tags=self._tags)
 
     def inc(self, name: str, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
         counter = self._count.get(name)
         if counter is not None and value > 0:
-            counter.inc(value, tags=tags)
+            counter.inc(value, tags={**self._tags, **(tags or {})})
 
 
 def ingress_metrics() -> Metrics:

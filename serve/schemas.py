@@ -28,6 +28,11 @@ class HFParameters(BaseModel):
     hypothesis_template: StrictStr | None = Field(
         None, description='Hypothesis with {} for the label (default "This example is {}.").'
     )
+    model: StrictStr | None = Field(
+        None,
+        description="Which served model scores it (GET /v1/info lists them); default: "
+        "the first. POST /models/{id} names it in the path instead.",
+    )
 
 
 class HFRequest(BaseModel):
@@ -59,6 +64,10 @@ class ClassifyRequest(BaseModel):
     hypothesis_template: StrictStr | None = Field(
         None, description='Hypothesis with {} for the label (default "This example is {}.").'
     )
+    model: StrictStr | None = Field(
+        None,
+        description="Which served model scores them (GET /v1/info lists them); default: the first.",
+    )
 
 
 class LabelScore(BaseModel):
@@ -78,7 +87,7 @@ class Usage(BaseModel):
 
 
 class ClassifyResponse(BaseModel):
-    model: str
+    model: str = Field(description="The id of the served model that scored them.")
     results: list[SequenceResult]
     usage: Usage
 

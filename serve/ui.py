@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
-import re
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -162,13 +161,10 @@ def add_ui_routes(app: FastAPI) -> None:
     )
 
 
-def banner(url: str, local: bool) -> str:
-    """What `zeroshot serve` prints under its URL: the playground and where the metrics are.
-    `local`: Ray runs on this machine, whose metrics agent also answers on 127.0.0.1."""
-    targets = prometheus_targets()
-    if local:
-        targets = [re.sub(r"//[^/]+:", "//127.0.0.1:", t, count=1) for t in targets]
-    where = ", ".join(targets) or "Ray's metrics agent of each node (--metrics-export-port)"
+def banner(url: str) -> str:
+    """What `zeroshot serve` prints under its URL: the playground and where the metrics are,
+    the same scrape URLs as `GET /v1/info` names (each node's metrics agent at its address)."""
+    where = ", ".join(prometheus_targets()) or "Ray's metrics agent of each node"
     return (
         f"playground: {url}/ in a browser\n"
         f"metrics: {where}  (Prometheus; series ray_zeroshot_*; dashboard {GRAFANA_DASHBOARD})"

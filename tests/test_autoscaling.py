@@ -27,7 +27,8 @@ import pytest
 
 from serve.config import APP_NAME, CLASSIFIER_NAME, AppConfig
 
-pytestmark = pytest.mark.ray
+# The long suite (`python3 -m pytest -m slow`).
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 LABEL_POOL = ["sports", "politics", "business", "science", "health", "travel", "music", "food"]
 TEXT = "The team won the championship after a late goal."

@@ -21,7 +21,11 @@ TEXTS = [
     "short",
 ]
 LABELS = ["urgent", "not urgent", "phone", "sports", "business"]
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CUDA = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="needs a CUDA device: runs where torch.cuda.is_available() (a GPU host; "
+    "python -m benchmarks.gpu covers it on a lent one)",
+)
 
 
 def load(path: str, dtype=torch.float32, device="cpu"):
@@ -147,8 +151,8 @@ class Recording:
         self.n[name] += 1
         return fn(arg) if name != "pre" else fn(*arg)
 
-    def encode_pre(self, ids, lengths):
-        return self._step("pre", self.inner.encode_pre, (ids, lengths))
+    def encode_pre(self, ids, lengths, segments=None):
+        return self._step("pre", self.inner.encode_pre, (ids, lengths, segments))
 
     def encode_core(self, inputs):
         return self._step("core", self.inner.encode_core, inputs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,8 @@ sys.path.insert(0, str(REPO))
 
 from cluster import render  # noqa: E402
 
-CRD_DIR = REPO.parent / "shared" / "kuberay-crds"
+# Reference data kept outside the project (not copied in): ZEROSHOT_KUBERAY_CRDS, else beside it.
+CRD_DIR = Path(os.environ.get("ZEROSHOT_KUBERAY_CRDS", REPO.parent / "shared" / "kuberay-crds"))
 KUBERAY = REPO / "cluster" / "kuberay"
 SERVE_CONFIG = REPO / "serve" / "config.yaml"
 MANIFESTS = {
@@ -30,7 +32,9 @@ needs_serve_config = pytest.mark.skipif(
 )
 needs_crds = pytest.mark.skipif(
     not CRD_DIR.is_dir(),
-    reason=f"KubeRay CRDs not found at {CRD_DIR} (reference data outside the project)",
+    reason=f"KubeRay CRDs not found at {CRD_DIR}: to run these checks, put KubeRay's "
+    "ray-operator/config/crd/bases/ray.io_ray{services,jobs,clusters}.yaml (github.com/"
+    "ray-project/kuberay, API ray.io/v1) in a directory and set ZEROSHOT_KUBERAY_CRDS to it",
 )
 
 
@@ -319,3 +323,42 @@ def test_render_sizes_gpu_group_from_serve_config():
     assert (gpu["minReplicas"], gpu["maxReplicas"]) == (1, 3)
     assert render.check_resources(manifest) == []
     assert manifest["spec"]["serveConfigV2"] == EXAMPLE_SERVE_CONFIG
+
+
+@needs_serve_config
+def test_rayservice_turns_gcs_fault_tolerance_on():
+    """The RayService keeps its GCS in Redis (a head restart no longer ends the cluster; what
+    it costs is measured in benchmarks/faults_hosts and run in tests/test_hosts_faults.py):
+    the address, the password from a Secret (never in the manifest), a namespace of its own,
+    and nothing KubeRay refuses beside gcsFaultToleranceOptions (the ft-enabled annotation,
+    RAY_REDIS_ADDRESS or a redis-password in rayStartParams)."""
+    manifest = load("rayservice.yaml")
+    spec = manifest["spec"]["rayClusterConfig"]
+    ft = spec["gcsFaultToleranceOptions"]
+    assert ft == render.gcs_ft_options(render.Settings())
+    assert ft["redisAddress"].startswith("redis://")
+    assert ft["redisPassword"] == {
+        "valueFrom": {"secretKeyRef": {"name": "zeroshot-redis", "key": "password"}}
+    }
+    assert ft["externalStorageNamespace"] == "zeroshot"
+    assert "ray.io/ft-enabled" not in (manifest["metadata"].get("annotations") or {})
+    for group in (spec["headGroupSpec"], *spec["workerGroupSpecs"]):
+        assert "redis-password" not in group.get("rayStartParams", {})
+        for container in group["template"]["spec"]["containers"]:
+            names = {e["name"] for e in container.get("env", [])}
+            assert not names & {"RAY_REDIS_ADDRESS", "REDIS_PASSWORD"}
+
+
+@needs_crds
+def test_gcs_fault_tolerance_checked_against_the_crd():
+    """The CRD knows every field rendered, and refuses a misspelled or mistyped one."""
+    _, validator = crd_validator("ray.io_rayservices.yaml")
+    manifest = load("rayservice.yaml")
+    assert schema_errors(validator, manifest) == []
+    bad = copy.deepcopy(manifest)
+    ft = bad["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
+    ft["redisPasword"] = ft.pop("redisPassword")
+    assert any("redisPasword" in e for e in schema_errors(validator, bad))
+    bad = copy.deepcopy(manifest)
+    bad["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]["backend"] = "etcd"
+    assert schema_errors(validator, bad)

@@ -256,6 +256,7 @@ def post_json(url: str, body: dict, timeout: float = 60) -> dict:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_local_cluster_serves_classification(local_cluster, tiny_model, reference_pipeline):
     if not SERVE_CONFIG.exists():
         pytest.skip("serve/config.yaml does not exist yet")
@@ -282,6 +283,7 @@ def test_local_cluster_serves_classification(local_cluster, tiny_model, referenc
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_local_cluster_runs_offline_job(local_cluster, tiny_model, reference_pipeline, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -313,6 +315,7 @@ def test_local_cluster_runs_offline_job(local_cluster, tiny_model, reference_pip
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_local_cluster_stops_and_leaves_nothing(local_cluster):
     assert local_cluster.sids, "start.sh recorded no sessions"
     assert local_cluster.leftovers(), "the cluster should be running before stop.sh"

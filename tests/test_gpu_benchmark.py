@@ -86,6 +86,7 @@ def test_quick_run_without_ray(tmp_path, tiny_model):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_quick_run_with_ray(tmp_path, tiny_model):
     """The Ray Data job (null and torch backends) and the Serve app under the load generator,
     for real: every row comes back, every request is answered 200 with the right results."""

@@ -168,8 +168,8 @@ def test_help_shows_every_default():
         for action in parser._actions:
             if not action.option_strings or action.help == argparse.SUPPRESS:
                 continue
-            if action.default is None or action.default is False:
-                continue  # nothing to show (or a config flag, whose help says it)
+            if action.default is None or isinstance(action.default, bool):
+                continue  # nothing to show: no default, or an on/off switch (its absence)
             if action.default == argparse.SUPPRESS and action.dest.startswith("cfg:"):
                 continue  # config flags: zeroshot.flags writes the field's default itself
             if action.dest in ("help", "version"):
@@ -401,4 +401,44 @@ def test_ci_installs_what_the_browser_tests_need():
     assert "apt-get install -y -qq chromium chromium-driver" in ci
     extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(req.startswith("selenium") for req in extra["test"])
-    assert "python3 -m pytest" in ci.splitlines()[-1]
+
+
+def test_ci_runs_the_readmes_test_lines_in_a_fresh_virtualenv():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    block = readme.split("# run the tests", 1)[1].split("```", 1)[0].splitlines()[1:]
+    lines = [line for line in block if line.strip()]
+    assert lines == ["pip install -e '.[test]' && python3 -m pytest", "python3 -m pytest -m slow"]
+    # the same lines, last in .ci/run, after a venv of its own is made and activated
+    assert ci.rstrip().splitlines()[-len(lines) :] == lines
+    assert 'python3 -m venv "$venv"' in ci and '. "$venv/bin/activate"' in ci
+    assert ci.index("activate") < ci.index(lines[0])
+
+
+# --- the words of the help and the errors agree with what the code does ----------------------
+
+
+def test_top_level_help_is_a_sentence():
+    out = zeroshot("--help")
+    description = " ".join(out.stdout.split("positional arguments:")[0].split("\n", 2)[-1].split())
+    assert description.startswith("Zero-shot text classification") and description.endswith(".")
+
+
+def test_switches_show_no_default_and_an_inverted_one_describes_itself():
+    serve_help = " ".join(zeroshot("serve", "--help").stdout.split())
+    fast = serve_help.split("--no-fast-ingress ", 1)[1].split(" --", 1)[0]
+    assert "(default:" not in fast and "Python proxy" in fast
+    score_help = " ".join(zeroshot("score", "--help").stdout.split())
+    progress = score_help.split("--no-progress ", 1)[1].split(" --progress-every", 1)[0]
+    assert progress.startswith("No progress line"), progress
+
+
+def test_a_load_error_in_python_does_not_speak_only_of_flags():
+    from zeroshot import ZeroShotClassifier
+    from zeroshot.errors import ModelLoadError
+
+    # HF_HUB_OFFLINE=1 (conftest): a hub id not in the cache fails at once, with the fix
+    with pytest.raises(ModelLoadError) as info:
+        ZeroShotClassifier.from_pretrained("example-org/not-in-any-cache")
+    assert "--model DIR on the command line" in info.value.message
+    assert "the directory as the model in Python" in info.value.message

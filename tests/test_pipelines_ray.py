@@ -20,6 +20,7 @@ from reference import assert_same_result
 
 from pipelines import JobConfig, run_job
 from pipelines.files import inspect_output
+from zeroshot import raylog
 
 pytestmark = pytest.mark.ray
 
@@ -38,7 +39,7 @@ TEXTS = [
 def local_ray():
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, **raylog.quiet())
     yield
     ray.shutdown()
 
@@ -283,10 +284,12 @@ def test_rerun_with_other_labels_refuses_and_same_labels_resume(tmp_path, tiny_m
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
 
-    def score(labels: str) -> subprocess.CompletedProcess:
+    def score(labels: str, **more_env: str) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "zeroshot", "score", str(src), str(out), "--labels", labels,
                "--model", tiny_model, "--backend", "null", "--no-progress"]  # fmt: skip
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=180, env={**env, **more_env}
+        )
 
     first = score("sports,politics,tech")
     assert first.returncode == 0, first.stderr[-2000:]
@@ -297,6 +300,34 @@ def test_rerun_with_other_labels_refuses_and_same_labels_resume(tmp_path, tiny_m
     assert "['finance', 'weather'] now" in other.stderr and "--overwrite" in other.stderr
     assert "[OK]" not in other.stdout
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    same = score("sports,politics,tech")
-    assert same.returncode == 0 and f"0 rows ({len(TEXTS)} already there)" in same.stdout
+    # Everything is there: answered from the output's record, without Ray (the address is
+    # one nothing listens on, so a run that tried to connect would fail).
+    same = score("sports,politics,tech", RAY_ADDRESS="127.0.0.1:9")
+    assert same.returncode == 0, same.stderr[-2000:]
+    assert f"0 rows ({len(TEXTS)} already there)" in same.stdout
+    assert "nothing left to score: Ray not started" in same.stdout
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_run_prints_our_lines_and_verbose_brings_rays_back(tmp_path, tiny_model):
+    """A normal `zeroshot score` prints its progress and summary, none of Ray's INFO records
+    (the driver's, the actors' forwarded ones, the stop's); `--verbose` keeps them all."""
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": TEXTS}), src)
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+
+    def score(out: str, *extra: str) -> str:
+        cmd = [sys.executable, "-m", "zeroshot", "score", str(src), str(tmp_path / out),
+               "--labels", ",".join(LABELS), "--model", tiny_model, "--no-progress",
+               *extra]  # fmt: skip
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+        assert run.returncode == 0, run.stderr[-2000:]
+        return run.stdout + run.stderr
+
+    quiet = score("quiet")
+    assert "[OK]" in quiet
+    assert " INFO " not in quiet and "\tINFO " not in quiet, quiet[-3000:]
+    assert "Started a local Ray instance" not in quiet
+    verbose = score("verbose", "--verbose")
+    assert "[OK]" in verbose and "Started a local Ray instance" in verbose

@@ -22,6 +22,7 @@ import yaml
 from reference import assert_same_result
 
 from serve.config import CLASSIFIER_NAME, AppConfig, ServeBatching
+from zeroshot import raylog
 from zeroshot.config import Limits
 
 pytestmark = pytest.mark.ray
@@ -88,7 +89,10 @@ def server(tiny_model):
     if ray.is_initialized():
         ray.shutdown()
     metrics_port = _free_port()
-    ray.init(num_cpus=4, include_dashboard=False, _metrics_export_port=metrics_port)
+    # Replicas' INFO lines stay out of pytest's output, as out of `zeroshot serve`'s.
+    ray.init(
+        num_cpus=4, include_dashboard=False, _metrics_export_port=metrics_port, **raylog.quiet()
+    )
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     one = {"max_replicas": 1, "num_cpus": 0.25}
@@ -650,3 +654,154 @@ def test_batching_retuned_through_user_config(server, client):
     assert r.status_code == 200, r.text
     stats = _stats("zs")
     assert stats["pairs"] == 20 and stats["max_pairs_per_batch"] <= 8, stats
+
+
+# --- several models in one app ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def multi(server, tiny_model, second_model):
+    """Two apps on the same Serve: `multi` serves the tiny BART model as `a` and a second
+    model as `b` (one classifier replica holds both); `lru` serves the same two with room for
+    one per replica, so each switch of model unloads the other."""
+    from ray import serve
+
+    from serve.app import build
+
+    one = {"max_replicas": 1, "num_cpus": 0.25, "num_gpus": 0}
+    models = [{"id": "a", "model": tiny_model}, {"id": "b", "model": second_model}]
+    for name, most in (("multi", None), ("lru", 1)):
+        cfg = AppConfig(
+            models=models,
+            dtype="float32",
+            ingress={"max_replicas": 1, "num_cpus": 0.25},
+            classifier={**one, "max_models_per_replica": most},
+        )
+        serve.run(build(cfg), name=name, route_prefix=f"/{name}")
+    return server["url"]  # `server` shuts Serve down, these apps with it
+
+
+@pytest.fixture(scope="module")
+def pipelines_by_model(tiny_model, second_model, reference_pipeline):
+    from transformers import pipeline
+
+    second = pipeline("zero-shot-classification", model=second_model, device=-1)
+    return {"a": reference_pipeline, "b": second}
+
+
+def _pick(i: int, model: str, texts: list[str], labels: list[str]) -> tuple[str, dict]:
+    """The three ways to name a model, in turn: the native body's `model`, the Hugging Face
+    body's `parameters.model`, the Hugging Face /models/{id} path."""
+    way = i % 3
+    if way == 0:
+        return "/multi/v1/classify", {"sequences": texts, "candidate_labels": labels,
+                                      "model": model}  # fmt: skip
+    params = {"candidate_labels": labels, **({"model": model} if way == 1 else {})}
+    path = "/multi/" if way == 1 else f"/multi/models/{model}"
+    return path, {"inputs": texts, "parameters": params}
+
+
+def _results(path: str, body: dict, r: httpx.Response) -> list[dict]:
+    if path.endswith("/v1/classify"):
+        return r.json()["results"]
+    return [_as_result(t, a) for t, a in zip(body["inputs"], r.json())]
+
+
+def test_mixed_traffic_each_answer_from_its_own_model_batches_never_mixed(
+    multi, pipelines_by_model
+):
+    _reset_stats("multi")
+    jobs, models = [], []
+    for i in range(24):
+        model = "ab"[i % 2] if i < 12 else "ab"[(i // 2) % 2]
+        labels = LABEL_SETS[i % len(LABEL_SETS)]
+        jobs.append(_pick(i, model, [TEXTS[i % 4], TEXTS[(i + 2) % 4]], labels))
+        models.append(model)
+    responses = _burst(multi, jobs)
+    for (path, body), model, r in zip(jobs, models, responses):
+        assert r.status_code == 200, r.text
+        texts = body.get("sequences") or body["inputs"]
+        labels = body.get("candidate_labels") or body["parameters"]["candidate_labels"]
+        expected = _expected(pipelines_by_model[model], texts, labels)
+        for got, e in zip(_results(path, body, r), expected):
+            assert_same_result(got, e)
+        if path.endswith("/v1/classify"):
+            assert r.json()["model"] == model
+    stats = _stats("multi")
+    assert set(stats["models"]) == {"a", "b"}, stats
+    assert stats["max_models_per_batch"] == 1, stats
+    for model, per in stats["models"].items():
+        assert per["batches"] >= 1 and per["max_models_per_batch"] == 1, (model, per)
+        # each model's batches fill with that model's requests (coalesced and batched)
+        assert per["max_requests_per_batch"] >= 2, (model, per)
+
+
+def test_no_model_named_is_the_first_and_an_unknown_one_is_a_404_naming_them(multi):
+    one = {"inputs": TEXTS[0], "parameters": {"candidate_labels": ["sports", "politics"]}}
+    plain = httpx.post(f"{multi}/multi/", json=one, timeout=60)
+    named = httpx.post(f"{multi}/multi/models/a", json=one, timeout=60)
+    assert plain.status_code == named.status_code == 200 and plain.json() == named.json()
+    native = httpx.post(f"{multi}/multi/v1/classify", timeout=60,
+                        json={"sequences": TEXTS[0], "candidate_labels": ["x", "y"]})  # fmt: skip
+    assert native.status_code == 200 and native.json()["model"] == "a"
+
+    for path, body in [
+        ("/multi/models/zz", one),
+        ("/multi/", {**one, "parameters": {**one["parameters"], "model": "zz"}}),
+        ("/multi/v1/classify", {"sequences": TEXTS[0], "candidate_labels": "x", "model": "zz"}),
+    ]:
+        r = httpx.post(f"{multi}{path}", json=body, timeout=60)
+        _check_error(r, 404, "model_not_found")
+        assert "'zz'" in r.json()["error"]["message"] and "a, b" in r.json()["error"]["message"]
+    both = {**one, "parameters": {**one["parameters"], "model": "b"}}
+    _check_error(httpx.post(f"{multi}/multi/models/a", json=both, timeout=60), 422,
+                 "validation_error")  # fmt: skip
+
+
+def test_info_lists_the_served_models(multi, second_model):
+    info = httpx.get(f"{multi}/multi/v1/info", timeout=60).json()
+    assert [m["id"] for m in info["models"]] == ["a", "b"]
+    a, b = info["models"]
+    assert a["labels"]["entailment_id"] == 2 and a["family"] == "bart"
+    assert b["model"] == second_model and b["dtype"] == "float32" == info["dtype"]
+    assert b["family"] == "bert"
+    assert b["labels"] == _nli_labels(second_model)
+    assert info["max_models_per_replica"] == 2
+
+
+def _nli_labels(model: str) -> dict:
+    from zeroshot.assemble import NliLabels
+    from zeroshot.loading import load_config
+
+    nli = NliLabels.from_config(load_config(model))
+    return {
+        "id2label": {str(k): v for k, v in sorted(nli.id2label.items())},
+        "entailment_id": nli.entailment_id,
+        "contradiction_id": nli.contradiction_id,
+    }
+
+
+def test_a_replica_with_room_for_one_model_swaps_them_and_stays_exact(multi, pipelines_by_model):
+    from ray import serve
+
+    handle = serve.get_deployment_handle(CLASSIFIER_NAME, app_name="lru")
+    labels = ["sports", "politics", "technology"]
+    for model in ["a", "b", "a", "b"]:
+        body = {"inputs": [TEXTS[1]], "parameters": {"candidate_labels": labels}}
+        r = httpx.post(f"{multi}/lru/models/{model}", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        (expected,) = _expected(pipelines_by_model[model], [TEXTS[1]], labels)
+        assert_same_result(_as_result(TEXTS[1], r.json()[0]), expected)
+        assert handle.info.remote().result()["models_loaded"] == [model]
+
+
+def test_inference_client_pointed_at_one_models_url(multi, pipelines_by_model, hub_online):
+    from huggingface_hub import InferenceClient
+
+    labels = ["sports", "economy", "health"]
+    for model in ("b", "a"):
+        out = InferenceClient(model=f"{multi}/multi/models/{model}").zero_shot_classification(
+            TEXTS[1], labels
+        )
+        got = _as_result(TEXTS[1], [{"label": o.label, "score": o.score} for o in out])
+        assert_same_result(got, _expected(pipelines_by_model[model], TEXTS[1], labels)[0])

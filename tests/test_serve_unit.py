@@ -16,6 +16,7 @@ from serve.classifier import (
     BatchGate,
     BatchRunner,
     BatchSettings,
+    Device,
     Part,
     ZeroShotClassifier,
     batch_size,
@@ -170,6 +171,66 @@ def test_batch_gate_forms_each_batch_from_what_arrived_while_one_ran():
     asyncio.run(scenario())
 
 
+def test_two_models_lanes_take_turns_and_each_batch_holds_all_that_waited():
+    """Two lanes on one device: while lane A's batch runs, both hold what arrives; when it
+    ends, the lane whose part has waited longest goes (B), and A's arrivals wait on through
+    B's batch, then leave together."""
+
+    async def scenario():
+        settings = BatchSettings(ServeBatching())
+        device = Device()
+        queued: dict[str, list] = {"a": [], "b": []}
+        gates = {}
+
+        def submitter(name):
+            async def submit(part, alone):
+                fut = asyncio.get_running_loop().create_future()
+                queued[name].append((part, fut))
+                return await fut
+
+            return submit
+
+        for name in ("a", "b"):
+            gates[name] = BatchGate(submitter(name), device)
+
+        def start(name):
+            batch, queued[name][:] = list(queued[name]), []
+            gates[name].started([p for p, _ in batch])
+            return batch
+
+        async def finish(name, batch):
+            for part, fut in batch:
+                fut.set_result(f"{name}{part.request}")
+            gates[name].finished()
+            await asyncio.sleep(0)
+
+        def run(name, i):
+            return asyncio.create_task(gates[name].run(Part(i, _pairs([1]), settings, model=name)))
+
+        a0 = run("a", 0)
+        await asyncio.sleep(0)
+        running = start("a")
+        b1 = run("b", 1)  # waits longest
+        a2, a3 = run("a", 2), run("a", 3)
+        await asyncio.sleep(0)
+        assert not queued["a"] and not queued["b"]  # the device is busy: both lanes hold
+        await finish("a", running)
+        assert await a0 == "a0"
+        assert [p.request for p, _ in queued["b"]] == [1] and not queued["a"]  # B's turn
+        b_batch = start("b")
+        a4 = run("a", 4)
+        await asyncio.sleep(0)
+        await finish("b", b_batch)
+        assert await b1 == "b1"
+        # A's three arrivals (during A's and B's batches) leave as one batch
+        assert sorted(p.request for p, _ in queued["a"]) == [2, 3, 4]
+        await finish("a", start("a"))
+        assert [await t for t in (a2, a3, a4)] == ["a2", "a3", "a4"]
+        assert not device.busy and all(g.idle and not g.held for g in gates.values())
+
+    asyncio.run(scenario())
+
+
 def test_a_cancelled_part_does_not_strand_the_parts_held_behind_it():
     async def scenario():
         settings = BatchSettings(ServeBatching())
@@ -202,7 +263,7 @@ def test_a_cancelled_part_does_not_strand_the_parts_held_behind_it():
 def test_check_health_fails_without_model():
     cls = ZeroShotClassifier.func_or_class
     replica = cls.__new__(cls)
-    replica.scorer = None
+    replica.loaded = {}
     with pytest.raises(RuntimeError, match="not loaded"):
         asyncio.run(replica.check_health())
 
@@ -369,3 +430,37 @@ def test_an_app_whose_fewest_replicas_do_not_fit_is_named_with_what_it_needs():
         {"model": "m", "classifier": {"num_gpus": 1, "min_replicas": 2, "max_replicas": 2}}
     )
     assert short(gpus, 16, 1) == "2 GPUs (ZeroShotClassifier 2 x 1); Ray has 1"
+
+
+def test_several_models_from_the_cli_and_the_yaml_shape():
+    from serve.cli import config_from_args
+    from zeroshot.cli import build_parser
+
+    def parsed(*argv: str) -> AppConfig:
+        return config_from_args(build_parser("serve").parse_args(["serve", *argv]))
+
+    one = parsed("--model", "org/m", "--revision", "abc")
+    assert one.models == [] and (one.model, one.revision) == ("org/m", "abc")
+    assert [m.name for m in one.served] == ["org/m"]
+    two = parsed("--model", "first=/models/x", "--model", "org/y")
+    assert [(m.name, m.model) for m in two.served] == [("first", "/models/x"), ("org/y", "org/y")]
+    assert two.model == "/models/x" and two.default_model == "first"
+    assert two.models_per_replica() == 2
+    assert AppConfig.model_validate(two.model_dump()) == two  # what Serve's replicas receive
+    assert two.for_model("org/y").model == "org/y"
+    lru = AppConfig(models=two.models, classifier={"max_models_per_replica": 1})
+    assert lru.models_per_replica() == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({"models": [{"model": "x"}, {"model": "x"}]}, "served twice: x"),
+        ({"models": [{"id": "a", "model": "x"}, {"id": "a", "model": "y"}]}, "served twice: a"),
+        ({"model": "y", "models": [{"model": "x"}]}, "not both"),
+        ({"models": [{"model": ""}]}, "at least 1 character"),
+    ],
+)
+def test_bad_model_lists_are_refused(args, message):
+    with pytest.raises(ValueError, match=message):
+        AppConfig.model_validate(args)

@@ -54,7 +54,7 @@ def clf(tiny_model) -> ZeroShotClassifier:
 
 
 def make_app(clf: ZeroShotClassifier, tiny_model: str, api_key: str | None = None):
-    async def score(pairs, counts):
+    async def score(model_id, pairs, counts):
         return clf.scorer.score(pairs)[0], {}
 
     async def info():
@@ -155,12 +155,14 @@ def _free_port() -> int:
 class Server:
     """`zeroshot serve` in its own process (and process group), as a user starts it."""
 
-    def __init__(self, model: str, log: Path):
+    def __init__(self, models: list[str], log: Path):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        cmd = [sys.executable, "-m", "zeroshot", "serve", "--model", model, "--dtype", "float32",
+        cmd = [sys.executable, "-m", "zeroshot", "serve", "--dtype", "float32",
                "--port", str(self.port), "--num-cpus", "2"]  # fmt: skip
+        for model in models:
+            cmd += ["--model", model]
         self.stdout = log.with_suffix(".out")
         with open(self.stdout, "w") as out, open(log, "w") as err:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, start_new_session=True)
@@ -190,8 +192,11 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
-    srv = Server(tiny_model, tmp_path_factory.mktemp("serve") / "serve.log")
+def server(tiny_model, second_model, tmp_path_factory):
+    # Two models, as the playground's picker needs; the first is what a request naming none
+    # gets.
+    models = [f"tiny={tiny_model}", f"second={second_model}"]
+    srv = Server(models, tmp_path_factory.mktemp("serve") / "serve.log")
     yield srv
     srv.stop()
 
@@ -316,6 +321,28 @@ def test_the_playground_draws_what_the_api_answers(server, browser, tmp_path):
 
 
 @pytest.mark.ray
+def test_the_picker_sends_the_chosen_model(server, browser, second_model):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(server.url + "/")
+    wait(browser, lambda d: d.find_element(By.ID, "model-row").is_displayed())
+    picker = Select(browser.find_element(By.ID, "model-picker"))
+    assert [o.get_attribute("value") for o in picker.options] == ["tiny", "second"]
+    picker.select_by_value("second")
+    assert second_model in browser.find_element(By.ID, "model").text
+    fill(browser, "text", TEXT)
+    classify_in_page(browser, LABELS)
+    body = {"sequences": [TEXT], "candidate_labels": LABELS, "model": "second"}
+    (result,) = httpx.post(server.url + "/v1/classify", json=body, timeout=60).json()["results"]
+    bars = drawn_bars(browser)
+    assert [b[0] for b in bars] == result["labels"]
+    assert [b[1] for b in bars] == pytest.approx(result["scores"], abs=1e-5)
+    assert '"model":"second"' in browser.find_element(By.ID, "curl").text
+    picker.select_by_value("tiny")  # as the other tests of this page expect it
+
+
+@pytest.mark.ray
 def test_the_playground_shows_the_apis_refusal(server, browser):
     from selenium.webdriver.common.by import By
 
@@ -346,17 +373,17 @@ def test_docs_render_the_routes_offline(server, browser):
 def test_metrics_are_where_serve_says_and_hold_the_dashboards_series(server):
     from dashboard import dashboard_series
 
-    (printed,) = re.findall(r"^metrics: (http://127\.0\.0\.1:\d+/metrics) ", server.printed, re.M)
+    (printed,) = re.findall(r"^metrics: (http://[\d.]+:\d+/metrics) ", server.printed, re.M)
     info = httpx.get(server.url + "/v1/info", timeout=30).json()["metrics"]
-    port = printed.rsplit(":", 1)[1]
-    assert [url.rsplit(":", 1)[1] for url in info["prometheus"]] == [port]
+    assert info["prometheus"] == [printed]  # what the CLI prints is what the API names
     assert info["series"] == "ray_zeroshot_*"
     assert (REPO / info["grafana_dashboard"]).is_file()
 
     # Traffic that touches every series: answers, and a refusal for the error counter.
     body = {"sequences": [TEXT, "Rain all week."], "candidate_labels": LABELS}
-    for _ in range(3):
-        assert httpx.post(server.url + "/v1/classify", json=body, timeout=60).status_code == 200
+    for model in ("tiny", "second", "tiny"):
+        r = httpx.post(server.url + "/v1/classify", json={**body, "model": model}, timeout=60)
+        assert r.status_code == 200
     bad = {**body, "candidate_labels": "a, a"}
     assert httpx.post(server.url + "/v1/classify", json=bad, timeout=60).status_code == 422
 
@@ -371,3 +398,8 @@ def test_metrics_are_where_serve_says_and_hold_the_dashboards_series(server):
         time.sleep(3)
     assert not missing, f"the dashboard queries series Ray does not export: {sorted(missing)}"
     assert re.search(r'ray_zeroshot_request_errors_total\{[^}]*type="invalid_labels"', text)
+    # Every series by model: each served model's own pairs, batches and phases.
+    for model in ("tiny", "second"):
+        for series in ("ray_zeroshot_pairs_total", "ray_zeroshot_encode_seconds_count",
+                       "ray_zeroshot_inference_seconds_count"):  # fmt: skip
+            assert re.search(rf'{series}\{{[^}}]*model="{model}"', text), (series, model)

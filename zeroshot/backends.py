@@ -28,8 +28,12 @@ class Backend(Protocol):
     # `encode_core` finishes the work itself (CPU, null), 1 where it only queues it (CUDA).
     queue_depth: int
 
-    def encode_pre(self, ids: np.ndarray, lengths: np.ndarray) -> Any:
-        """`ids` [batch, padded] int64 (padding after each row's `lengths`) onto the device."""
+    def encode_pre(
+        self, ids: np.ndarray, lengths: np.ndarray, segments: np.ndarray | None = None
+    ) -> Any:
+        """`ids` [batch, padded] int64 (padding after each row's `lengths`) onto the device;
+        `segments` [batch]: where each row's token type 1 begins, for models that read token
+        type ids (None for the others)."""
 
     def encode_core(self, inputs: Any) -> Any:
         """The forward pass; may return before the device has finished."""
@@ -42,10 +46,12 @@ class Backend(Protocol):
 
 
 class TorchBatch(NamedTuple):
-    """One padded batch on the backend's device: ids [B, T] int64 and row lengths [B] int64."""
+    """One padded batch on the backend's device: ids [B, T] int64, row lengths [B] int64 and,
+    for models that read token type ids, where each row's type 1 begins [B] int64."""
 
     input_ids: Any
     lengths: Any
+    segments: Any = None
 
 
 class TorchBackend:
@@ -86,6 +92,13 @@ class TorchBackend:
         self.queue_depth = 1 if self._cuda else 0
         self._torch = torch
         self._fast = FastBartClassifier(model) if fast_forward and supports(model) else None
+        # What the stock forward takes beyond ids and mask: `use_cache=False` where it has
+        # the argument (BART's decoder), as the transformers pipeline passes it.
+        import inspect
+
+        params = inspect.signature(model.forward).parameters
+        self._stock_kwargs = {"use_cache": False} if "use_cache" in params else {}
+        self._reads_types = "token_type_ids" in params
         self.forward = "fast" if self._fast is not None else "transformers"
         self._graphs = None
         if self._fast is not None and cuda_graphs and self._cuda:
@@ -101,18 +114,25 @@ class TorchBackend:
         model = load_model(cfg.model, cfg.revision, device, resolve_dtype(cfg.dtype, device))
         return cls(model, fast_forward=cfg.fast_forward, cuda_graphs=cfg.cuda_graphs)
 
-    def encode_pre(self, ids: np.ndarray, lengths: np.ndarray) -> TorchBatch:
+    def encode_pre(
+        self, ids: np.ndarray, lengths: np.ndarray, segments: np.ndarray | None = None
+    ) -> TorchBatch:
         torch = self._torch
         n, t = ids.shape
+        typed = segments is not None and self._reads_types
         if not self._cuda:
             lengths = np.asarray(lengths, dtype=np.int64)
-            return TorchBatch(torch.from_numpy(ids), torch.from_numpy(lengths))
-        host = torch.empty(n * t + n, dtype=torch.int64, pin_memory=True)
+            seg = torch.from_numpy(np.asarray(segments, dtype=np.int64)) if typed else None
+            return TorchBatch(torch.from_numpy(ids), torch.from_numpy(lengths), seg)
+        host = torch.empty(n * t + (2 if typed else 1) * n, dtype=torch.int64, pin_memory=True)
         flat = host.numpy()
         flat[: n * t].reshape(n, t)[...] = ids
-        flat[n * t :] = lengths
+        flat[n * t : n * t + n] = lengths
+        if typed:
+            flat[n * t + n :] = segments
         dev = host.to(self.torch_device, non_blocking=True)
-        return TorchBatch(dev[: n * t].view(n, t), dev[n * t :])
+        seg = dev[n * t + n :] if typed else None
+        return TorchBatch(dev[: n * t].view(n, t), dev[n * t : n * t + n], seg)
 
     def encode_core(self, inputs: TorchBatch):
         torch = self._torch
@@ -121,15 +141,11 @@ class TorchBackend:
         on_device = torch.cuda.device(self.torch_device) if self._cuda else nullcontext()
         with torch.inference_mode(), on_device:
             if self._graphs is not None:
-                logits = self._graphs(*inputs)
+                logits = self._graphs(inputs.input_ids, inputs.lengths)
             elif self._fast is not None:
-                logits = self._fast.forward_lengths(*inputs)
+                logits = self._fast.forward_lengths(inputs.input_ids, inputs.lengths)
             else:
-                from zeroshot.fast_bart import lengths_to_mask
-
-                ids, lengths = inputs
-                mask = lengths_to_mask(lengths, ids.shape[1]).long()
-                logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                logits = self.model(**self._stock_inputs(inputs)).logits
             logits = logits.float()
             if not self._cuda:
                 return logits
@@ -138,6 +154,23 @@ class TorchBackend:
             done = torch.cuda.Event()
             done.record()
             return host, done
+
+    def _stock_inputs(self, inputs: TorchBatch) -> dict:
+        """The stock forward's arguments: ids, the mask, and the token type ids where the
+        pairs carry them (0 up to each row's segment start, 1 to its end, 0 on padding)."""
+        from zeroshot.fast_bart import lengths_to_mask
+
+        ids, lengths, segments = inputs
+        cols = self._torch.arange(ids.shape[1], device=ids.device)[None, :]
+        kwargs = {
+            "input_ids": ids,
+            "attention_mask": lengths_to_mask(lengths, ids.shape[1]).long(),
+            **self._stock_kwargs,
+        }
+        if segments is not None:
+            second = (cols >= segments[:, None]) & (cols < lengths[:, None])
+            kwargs["token_type_ids"] = second.long()
+        return kwargs
 
     def encode_post(self, outputs) -> np.ndarray:
         if not self._cuda:
@@ -178,7 +211,9 @@ class NullBackend:
 
         return cls(load_config(cfg.model, cfg.revision), cfg.null_pairs_per_s)
 
-    def encode_pre(self, ids: np.ndarray, lengths: np.ndarray) -> int:
+    def encode_pre(
+        self, ids: np.ndarray, lengths: np.ndarray, segments: np.ndarray | None = None
+    ) -> int:
         return len(lengths)
 
     def encode_core(self, n: int) -> np.ndarray:

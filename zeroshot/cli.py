@@ -21,6 +21,11 @@ _PLUGINS = {
 }
 
 DISTRIBUTION = "zeroshot-serving"
+DESCRIPTION = (
+    "Zero-shot text classification with an NLI model: classify one text here, serve an HTTP "
+    "API (Ray Serve), score Parquet datasets (Ray Data), render KubeRay manifests, or make a "
+    "random-weight test model."
+)
 
 SIZES_HELP = (
     "tiny: 2 encoder layers, d_model 64, a 2000-token vocabulary (about 1 MB; built in a "
@@ -31,11 +36,13 @@ SIZES_HELP = (
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Every option's default in its help, except where there is none worth showing (None,
-    False) or the help already states it (the config flags of `zeroshot.flags`)."""
+    """Every option's default in its help, except where there is none worth showing (None, an
+    on/off switch) or the help already states it (the config flags of `zeroshot.flags`)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False or "(default: " in (action.help or ""):
+        switch = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        # A switch's default is its absence: "--no-x (default: True)" would only confuse.
+        if switch or action.default is None or "(default: " in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -62,7 +69,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from zeroshot.flags import MODEL_FLAGS, add_flags
 
     parser = argparse.ArgumentParser(
-        prog="zeroshot", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+        prog="zeroshot", description=DESCRIPTION, formatter_class=HelpFormatter
     )
     parser.add_argument("--version", action="version", version=version())
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,13 +91,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     add_flags(p, ModelConfig, MODEL_FLAGS)
 
-    p = add_parser("make-test-model", "write a random-weight BART model for tests")
+    p = add_parser("make-test-model", "write a random-weight NLI model for tests")
     p.add_argument("directory")
     p.add_argument("--size", choices=["tiny", "full"], default="tiny", help=SIZES_HELP)
     p.add_argument(
+        "--arch",
+        choices=["bart", "roberta", "deberta-v2", "bert"],
+        default="bart",
+        help="the family: its real architecture and a tokenizer of its kind trained here "
+        "(byte-level BPE for bart/roberta, unigram for deberta-v2, WordPiece for bert)",
+    )
+    p.add_argument(
         "--labels",
         default="contradiction,neutral,entailment",
-        help="label names in id order (comma-separated)",
+        help="label names in id order (comma-separated; entailment,not_entailment for a "
+        "two-class head)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
 
@@ -124,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             from zeroshot.fixtures import make_test_model
 
             labels = [s.strip() for s in args.labels.split(",") if s.strip()]
-            path = make_test_model(args.directory, args.size, labels, seed=args.seed)
-            print(f"wrote a random-weight {args.size} model to {path}")
+            path = make_test_model(
+                args.directory, args.size, labels, seed=args.seed, arch=args.arch
+            )
+            print(f"wrote a random-weight {args.size} {args.arch} model to {path}")
             return 0
         module = importlib.import_module(_PLUGINS[args.command][0])
         return int(module.main(args) or 0)

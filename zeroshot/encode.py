@@ -1,10 +1,13 @@
 """Stage 1, `encode`: texts and hypotheses to NLI pair token ids, without the model weights.
 
 Each text is tokenized once and each hypothesis once (cached by template and label); pairs are
-then assembled from the pieces as `<s> text </s></s> hypothesis </s>` (the tokenizer's own pair
-template), with only-first truncation to the model's limit. The result is identical to
-`tokenizer(text, hypothesis, truncation="only_first")`, except that special-token strings
-inside a text (`</s>`, `<s>`, `<pad>`) are encoded as plain text, never as control tokens.
+then assembled from the pieces in the tokenizer's own pair template (read from its
+post-processor: `<s> text </s></s> hypothesis </s>` for BART and RoBERTa, `[CLS] text [SEP]
+hypothesis [SEP]` for BERT and DeBERTa), with only-first truncation to the model's limit, and
+where the model reads them, the token type ids the template gives (as a segment start). The
+result is identical to `tokenizer(text, hypothesis, truncation="only_first")`, except that
+special-token strings inside a text (`</s>`, `[SEP]`, `<pad>`, ...) are encoded as plain text,
+never as control tokens.
 """
 
 from __future__ import annotations
@@ -35,20 +38,59 @@ class EncodedRequest:
         return self.pairs.num_tokens
 
 
-def _pair_template(backend: Tokenizer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split the post-processor's pair layout into prefix / middle / suffix special ids."""
+@dataclass(frozen=True)
+class PairTemplate:
+    """The tokenizer's pair layout `prefix text middle hypothesis suffix` (special ids), and
+    where its token type ids turn to 1: `type_start` tokens into the middle (0 for BERT's
+    `[CLS] a [SEP] b [SEP]`, types 0 0 0 1 1), or None when every type id is 0."""
+
+    prefix: np.ndarray
+    middle: np.ndarray
+    suffix: np.ndarray
+    type_start: int | None
+
+
+def pair_template(backend: Tokenizer) -> PairTemplate:
+    """Read the post-processor's pair layout (its special ids and type ids), by where two
+    probe texts land in the pair it builds (post-processors differ in what else they mark)."""
     first = backend.encode("a", add_special_tokens=False)
     second = backend.encode("b", add_special_tokens=False)
     both = backend.post_process(first, second, add_special_tokens=True)
-    seq_ids = both.sequence_ids
-    parts: list[list[int]] = [[], [], []]
-    part = 0
-    for tok, sid in zip(both.ids, seq_ids):
-        if sid is None:
-            parts[part].append(tok)
-        else:
-            part = 1 if sid == 0 else 2
-    return tuple(np.asarray(p, dtype=np.int32) for p in parts)  # type: ignore[return-value]
+    ids, types, a, b = list(both.ids), list(both.type_ids), list(first.ids), list(second.ids)
+    start_a = _find(ids, a, 0)
+    start_b = _find(ids, b, start_a + len(a))
+    cuts = (0, start_a, start_a + len(a), start_b, start_b + len(b), len(ids))
+    # prefix, text, middle, hypothesis, suffix
+    spans = [(cuts[i], cuts[i + 1]) for i in range(5)]
+    seg_types = [types[lo:hi] for lo, hi in spans]
+    type_start = None
+    if any(types):
+        # Every NLI tokenizer's layout: 0 up to somewhere in the middle, 1 from there on.
+        middle = seg_types[2]
+        zeros = len(middle) - sum(middle)
+        if (any(seg_types[0] + seg_types[1]) or middle != [0] * zeros + [1] * (len(middle) - zeros)
+                or not all(t == 1 for t in seg_types[3] + seg_types[4])):  # fmt: skip
+            raise ValueError(f"unsupported token type layout for a pair: {seg_types}")
+        type_start = zeros
+    prefix, middle_ids, suffix = (
+        np.asarray(ids[lo:hi], dtype=np.int32) for lo, hi in (spans[0], spans[2], spans[4])
+    )
+    return PairTemplate(prefix, middle_ids, suffix, type_start)
+
+
+def _find(haystack: list[int], needle: list[int], start: int) -> int:
+    for i in range(start, len(haystack) - len(needle) + 1):
+        if haystack[i : i + len(needle)] == needle:
+            return i
+    raise ValueError("the tokenizer's pair template does not hold its two sequences")
+
+
+def uses_token_types(tokenizer, config) -> bool:
+    """Whether the model reads token type ids, as the transformers pipeline decides to pass
+    them (the tokenizer names them among its model inputs) and the model has more than one
+    type to embed (RoBERTa's single type and DeBERTa-v3's none make them no-ops)."""
+    names = getattr(tokenizer, "model_input_names", ()) or ()
+    return "token_type_ids" in names and int(getattr(config, "type_vocab_size", 0) or 0) > 1
 
 
 def resolve_max_length(tokenizer_max: int | None, max_positions: int | None) -> int:
@@ -60,24 +102,36 @@ def resolve_max_length(tokenizer_max: int | None, max_positions: int | None) -> 
 class PairEncoder:
     """Builds pair ids from a `tokenizers.Tokenizer` (the fast tokenizer's backend)."""
 
-    def __init__(self, backend: Tokenizer, max_length: int):
+    def __init__(self, backend: Tokenizer, max_length: int, token_types: bool = False):
         # A private copy: the caller's tokenizer keeps its own truncation/padding settings.
         self._backend = Tokenizer.from_str(backend.to_str())
         self._backend.no_truncation()
         self._backend.no_padding()
         self._backend.encode_special_tokens = True
-        self.prefix, self.middle, self.suffix = _pair_template(self._backend)
+        template = pair_template(self._backend)
+        self.prefix, self.middle, self.suffix = template.prefix, template.middle, template.suffix
         self.num_special = len(self.prefix) + len(self.middle) + len(self.suffix)
+        # Where type 1 begins past the text (None: the pairs carry no token types, because
+        # the model does not read them or the template makes them all 0).
+        self.type_offset = (
+            len(self.prefix) + template.type_start
+            if token_types and template.type_start is not None
+            else None
+        )
         self.max_length = int(max_length)
         self._hypotheses: dict[tuple[str, str], np.ndarray] = {}
 
     @classmethod
-    def from_tokenizer(cls, tokenizer, max_positions: int | None = None) -> PairEncoder:
-        """From a transformers fast tokenizer (and the model config's position limit)."""
+    def from_tokenizer(
+        cls, tokenizer, max_positions: int | None = None, token_types: bool = False
+    ) -> PairEncoder:
+        """From a transformers fast tokenizer (and the model config's position limit);
+        `token_types`: the model reads token type ids (see `uses_token_types`)."""
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is None:
             raise TypeError("a fast (tokenizers-backed) tokenizer is required")
-        return cls(backend, resolve_max_length(tokenizer.model_max_length, max_positions))
+        max_length = resolve_max_length(tokenizer.model_max_length, max_positions)
+        return cls(backend, max_length, token_types)
 
     def hypothesis_ids(self, template: str, label: str) -> np.ndarray:
         key = (template, label)
@@ -122,13 +176,20 @@ class PairEncoder:
                 continue
             pieces: list[np.ndarray] = []
             lengths: list[int] = []
+            kept: list[int] = []
             for _ in req.sequences:
                 ids = next(text_ids)
                 for hyp in h:
                     text = ids[: self.max_length - self.num_special - len(hyp)]
                     pieces += (self.prefix, text, self.middle, hyp, self.suffix)
                     lengths.append(self.num_special + len(text) + len(hyp))
-            pairs = Pairs.from_lengths(np.concatenate(pieces), np.asarray(lengths, np.int64))
+                    kept.append(len(text))
+            segments = None
+            if self.type_offset is not None:
+                segments = self.type_offset + np.asarray(kept, np.int64)
+            pairs = Pairs.from_lengths(
+                np.concatenate(pieces), np.asarray(lengths, np.int64), segments
+            )
             out.append(EncodedRequest(req, pairs))
         return out
 
@@ -171,7 +232,8 @@ class PairEncoder:
         seg_out = np.concatenate(([0], np.cumsum(seg_len)[:-1]))
         index = np.repeat(seg_start - seg_out, seg_len) + np.arange(total, dtype=np.int64)
         lengths = seg_len.reshape(-1, 5).sum(axis=1)
-        return Pairs.from_lengths(src[index], lengths)
+        segments = None if self.type_offset is None else self.type_offset + keep.reshape(-1)
+        return Pairs.from_lengths(src[index], lengths, segments)
 
     def _hypotheses_for(self, req: ClassificationRequest) -> list[np.ndarray]:
         hyps = [self.hypothesis_ids(req.hypothesis_template, label) for label in req.labels]

@@ -30,6 +30,7 @@ class ErrorType(str, Enum):
     BODY_TOO_LARGE = "body_too_large"
     UNAUTHORIZED = "unauthorized"
     NOT_FOUND = "not_found"
+    MODEL_NOT_FOUND = "model_not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     # The service, now: a retry (after `retry_after_s`) may succeed.
     TOO_MANY_REQUESTS = "too_many_requests"
@@ -149,6 +150,12 @@ class UnauthorizedError(ZeroShotError):
 
 class NotFoundError(ZeroShotError):
     type = ErrorType.NOT_FOUND
+
+
+class ModelNotFoundError(ZeroShotError):
+    """A request named a model this app does not serve (the message names the served ones)."""
+
+    type = ErrorType.MODEL_NOT_FOUND
 
 
 class MethodNotAllowedError(ZeroShotError):

@@ -1,7 +1,8 @@
-"""Random-weight models with the real BART architecture and a locally trained BART tokenizer.
+"""Random-weight NLI models with a family's real architecture and a locally trained tokenizer
+of that family's kind: BART (the default), RoBERTa, DeBERTa-v2/v3 and BERT.
 
-Tests and benchmarks run without the hub: `tiny` is small and fast, `full` has the exact shape
-of valhalla/distilbart-mnli-12-1 (12 encoder layers, 1 decoder layer, d_model 1024).
+Tests and benchmarks run without the hub: `tiny` is small and fast, `full` (BART) has the
+exact shape of valhalla/distilbart-mnli-12-1 (12 encoder layers, 1 decoder layer, d_model 1024).
 """
 
 from __future__ import annotations
@@ -110,6 +111,10 @@ def _shape(size: str, vocab_size: int) -> dict:
     raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
 
 
+ARCHS = ("bart", "roberta", "deberta-v2", "bert")
+TWO_CLASS_LABELS = ("entailment", "not_entailment")
+
+
 def make_test_model(
     directory: str | Path,
     size: str = "tiny",
@@ -117,26 +122,63 @@ def make_test_model(
     seed: int = 0,
     init_std: float = 0.1,
     head_scale: float = 10.0,
+    arch: str = "bart",
 ) -> Path:
-    """Write a random-weight BART sequence classifier and its tokenizer to `directory`.
+    """Write a random-weight NLI sequence classifier of `arch` and its tokenizer to
+    `directory`: the family's real architecture and a tokenizer of its kind trained here
+    (byte-level BPE for BART and RoBERTa, SentencePiece-style unigram for DeBERTa-v2/v3,
+    WordPiece for BERT), with the family's pair template and token types.
 
-    `labels` gives the label names in id order, so tests can put entailment at any id.
-    `init_std` (5x BART's) and `head_scale` (on the classification head) make the random model
-    input-dependent enough that labels get visibly different scores.
+    `labels` gives the label names in id order, so tests can put entailment at any id (or
+    use a two-class head, `TWO_CLASS_LABELS`). `init_std` (5x the families' default) and
+    `head_scale` (on the classification head's output layer) make the random model
+    input-dependent enough that labels get visibly different scores. `size` 'full' (BART
+    only) is valhalla/distilbart-mnli-12-1's exact shape.
     """
     import torch
-    from transformers import BartConfig, BartForSequenceClassification
 
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    if size != "tiny" and arch != "bart":
+        raise ValueError("only the BART fixture comes in size 'full'")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    head = {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {name: i for i, name in enumerate(labels)},
+    }
+    torch.manual_seed(seed)
+    model, tokenizer = _BUILDERS[arch](size, head, seed, init_std)
+    model.eval()
+    with torch.no_grad():
+        _output_layer(model, len(labels)).weight.mul_(head_scale)
+    _save(directory, model, tokenizer)
+    return directory
+
+
+def _output_layer(model, num_labels: int):
+    """The classification head's last linear layer (its name differs by family)."""
+    import torch
+
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return next(m for m in reversed(layers) if m.out_features == num_labels)
+
+
+_TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+_NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+_TINY_VOCAB, _TINY_POSITIONS = 2000, 128
+
+
+def _bart(size: str, head: dict, seed: int, init_std: float):
+    from transformers import BartConfig, BartForSequenceClassification
+
     tokenizer_vocab = 2000 if size == "tiny" else 8000
     shape = _shape(size, tokenizer_vocab)
     tokenizer = train_tokenizer(tokenizer_vocab, shape["max_position_embeddings"], seed)
     config = BartConfig(
         **shape,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
+        **head,
         bos_token_id=0,
         pad_token_id=1,
         eos_token_id=2,
@@ -149,10 +191,143 @@ def make_test_model(
         scale_embedding=False,
         init_std=init_std,
     )
-    torch.manual_seed(seed)
-    model = BartForSequenceClassification(config).eval()
-    with torch.no_grad():
-        model.classification_head.out_proj.weight.mul_(head_scale)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return BartForSequenceClassification(config), tokenizer
+
+
+def _roberta(size: str, head: dict, seed: int, init_std: float):
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    tokenizer = train_tokenizer(_TINY_VOCAB, _TINY_POSITIONS, seed)
+    config = RobertaConfig(
+        vocab_size=_TINY_VOCAB,
+        **_TINY,
+        **_NO_DROPOUT,
+        **head,
+        # RoBERTa's positions start past the padding id: two more than the longest input.
+        max_position_embeddings=_TINY_POSITIONS + 2,
+        type_vocab_size=1,
+        bos_token_id=0,
+        pad_token_id=1,
+        eos_token_id=2,
+        initializer_range=init_std,
+    )
+    return RobertaForSequenceClassification(config), tokenizer
+
+
+def _bert(size: str, head: dict, seed: int, init_std: float):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer = train_wordpiece(_TINY_VOCAB, _TINY_POSITIONS, seed)
+    config = BertConfig(
+        vocab_size=_TINY_VOCAB,
+        **_TINY,
+        **_NO_DROPOUT,
+        **head,
+        max_position_embeddings=_TINY_POSITIONS,
+        type_vocab_size=2,
+        pad_token_id=0,
+        initializer_range=init_std,
+    )
+    return BertForSequenceClassification(config), tokenizer
+
+
+def _deberta_v2(size: str, head: dict, seed: int, init_std: float):
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    tokenizer = train_unigram(_TINY_VOCAB, _TINY_POSITIONS, seed)
+    # DeBERTa-v3's shape: relative attention with position buckets, no absolute positions,
+    # no token type embeddings (type_vocab_size 0: the types the tokenizer makes are unused).
+    config = DebertaV2Config(
+        vocab_size=_TINY_VOCAB,
+        **_TINY,
+        **_NO_DROPOUT,
+        **head,
+        max_position_embeddings=_TINY_POSITIONS,
+        type_vocab_size=0,
+        relative_attention=True,
+        position_buckets=32,
+        max_relative_positions=-1,
+        position_biased_input=False,
+        pos_att_type=["p2c", "c2p"],
+        norm_rel_ebd="layer_norm",
+        share_att_key=True,
+        pooler_dropout=0.0,
+        pooler_hidden_size=_TINY["hidden_size"],
+        pad_token_id=0,
+        initializer_range=init_std,
+    )
+    return DebertaV2ForSequenceClassification(config), tokenizer
+
+
+_BUILDERS = {"bart": _bart, "roberta": _roberta, "deberta-v2": _deberta_v2, "bert": _bert}
+
+
+def _bert_style(tok, specials: list[str], model_max_length: int, tokenizer_class: str):
+    """The `[CLS] a [SEP] b [SEP]` template with token types 0 0 0 1 1, wrapped as the
+    family's transformers tokenizer (whose model inputs include token_type_ids)."""
+    import transformers
+    from tokenizers import processors
+
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    wrapper = getattr(transformers, tokenizer_class)
+    return wrapper(
+        tokenizer_object=tok,
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        mask_token="[MASK]",
+        model_max_length=model_max_length,
+    )
+
+
+def train_wordpiece(vocab_size: int, model_max_length: int, seed: int = 0):
+    """A WordPiece tokenizer as BERT's (lower-cased, [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=specials, show_progress=False
+    )
+    tok.train_from_iterator(corpus(seed=seed), trainer=trainer)
+    return _bert_style(tok, specials, model_max_length, "BertTokenizer")
+
+
+def train_unigram(vocab_size: int, model_max_length: int, seed: int = 0):
+    """A SentencePiece-style unigram tokenizer as DeBERTa-v2/v3's (Metaspace, [PAD]=0
+    [CLS]=1 [SEP]=2 [UNK]=3)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    specials = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=specials, unk_token="[UNK]", show_progress=False
+    )
+    tok.train_from_iterator(corpus(seed=seed), trainer=trainer)
+    return _bert_style(tok, specials, model_max_length, "DebertaV2Tokenizer")
+
+
+def _save(directory: str | Path, model, tokenizer) -> None:
+    """Both to `directory`, without transformers' progress bar (one shard of a tiny model)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

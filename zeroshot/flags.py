@@ -28,6 +28,8 @@ class Flag:
     invert: bool = False
     metavar: str | None = None
     positional: bool = False
+    # The field describes its value; an inverted switch needs words for what the flag does.
+    help: str | None = None
 
     @property
     def option(self) -> str:
@@ -83,7 +85,7 @@ def add_flags(parser: argparse.ArgumentParser, model: type[BaseModel], flags: Se
         info = field_of(model, flag.path)
         kind = _scalar(info.annotation)
         default = default_of(info)
-        help_text = (info.description or "").replace("%", "%%")
+        help_text = (flag.help or info.description or "").replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": flag.dest, "help": help_text}
         if not flag.positional:
             kwargs["default"] = argparse.SUPPRESS

@@ -12,7 +12,7 @@ import numpy as np
 
 from zeroshot.assemble import ClassificationResult, NliLabels, assemble
 from zeroshot.config import Limits
-from zeroshot.encode import EncodedRequest, PairEncoder
+from zeroshot.encode import EncodedRequest, PairEncoder, uses_token_types
 from zeroshot.loading import load_config, load_tokenizer
 from zeroshot.requests import ClassificationRequest
 
@@ -24,7 +24,9 @@ class Frontend:
         self.limits = limits or Limits()
         self.nli = NliLabels.from_config(config)
         self.encoder = PairEncoder.from_tokenizer(
-            tokenizer, getattr(config, "max_position_embeddings", None)
+            tokenizer,
+            getattr(config, "max_position_embeddings", None),
+            token_types=uses_token_types(tokenizer, config),
         )
 
     @classmethod

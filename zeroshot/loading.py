@@ -71,7 +71,8 @@ def download_hint(model: str, revision: str | None = None) -> str:
     rev = f" --revision {revision}" if revision else ""
     return (
         f"Download it where the hub is reachable (hf download {model}{rev} --local-dir DIR) "
-        "and pass the directory instead (--model DIR); or fill this machine's cache "
+        "and load the directory instead (--model DIR on the command line, the directory as "
+        "the model in Python or a config); or fill this machine's cache "
         f"(hf download {model}{rev}, HF_HOME says where) and set HF_HUB_OFFLINE=1 so nothing "
         "asks the hub."
     )
@@ -110,6 +111,26 @@ def _explain(model: str, revision: str | None, what: str, exc: Exception) -> Mod
             + download_hint(model, revision)
         )
     return ModelLoadError(f"cannot load the {what} of {where}: {hint}")
+
+
+def check_model(model: str, revision: str | None = None) -> None:
+    """Raise the `ModelLoadError` that `load_config` would, without importing transformers
+    (which imports torch: seconds a process that only checks, like `zeroshot serve`'s driver
+    before it starts Ray, should not spend): the config must be found and be JSON."""
+    import json
+
+    source = _source(model, revision)
+    try:
+        if os.path.isdir(model):
+            path = os.path.join(model, "config.json")
+        else:
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(model, "config.json", revision=revision, **source)
+        with open(path, encoding="utf-8") as f:
+            json.load(f)
+    except Exception as exc:  # noqa: BLE001 - missing, unreachable or not JSON: explained
+        raise _explain(model, revision, "config", exc) from exc
 
 
 def load_config(model: str, revision: str | None = None):

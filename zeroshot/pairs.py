@@ -3,6 +3,10 @@
 Pair `i` is `ids[offsets[i]:offsets[i + 1]]`. One buffer, not one small array per pair: it
 pickles (Serve handle, Ray object store) and pads (numpy gathers) without a Python object per
 pair, and many requests' pairs concatenate into one batch and split back by counts.
+
+For models that read token type ids (BERT-style cross-encoders), `segments[i]` is where pair
+`i`'s second segment (type 1) begins: the types are 0 before it and 1 from it to the pair's
+end, as every such tokenizer's pair template lays them out. None for the others.
 """
 
 from __future__ import annotations
@@ -19,18 +23,23 @@ from zeroshot.errors import InvalidInputError
 class Pairs:
     ids: np.ndarray  # int32, every pair's ids back to back
     offsets: np.ndarray  # int64, len(pairs) + 1, starting at 0
+    segments: np.ndarray | None = None  # int32, len(pairs): where type 1 begins, or None
 
     @classmethod
-    def from_lengths(cls, ids: np.ndarray, lengths: np.ndarray) -> Pairs:
+    def from_lengths(
+        cls, ids: np.ndarray, lengths: np.ndarray, segments: np.ndarray | None = None
+    ) -> Pairs:
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        return cls(np.asarray(ids, dtype=np.int32), offsets)
+        if segments is not None:
+            segments = np.asarray(segments, dtype=np.int32)
+        return cls(np.asarray(ids, dtype=np.int32), offsets, segments)
 
     @classmethod
-    def from_list(cls, pairs: Sequence[np.ndarray]) -> Pairs:
+    def from_list(cls, pairs: Sequence[np.ndarray], segments: Sequence[int] | None = None) -> Pairs:
         lengths = np.fromiter((len(p) for p in pairs), dtype=np.int64, count=len(pairs))
         ids = np.concatenate(pairs).astype(np.int32, copy=False) if len(pairs) else _NO_IDS
-        return cls.from_lengths(ids, lengths)
+        return cls.from_lengths(ids, lengths, None if segments is None else np.asarray(segments))
 
     @classmethod
     def concat(cls, parts: Sequence[Pairs]) -> Pairs:
@@ -40,7 +49,11 @@ class Pairs:
         if not parts:
             return cls.from_lengths(_NO_IDS, np.zeros(0, np.int64))
         ids = np.concatenate([p.ids for p in parts])
-        return cls.from_lengths(ids, np.concatenate([p.lengths for p in parts]))
+        typed = [p.segments is not None for p in parts]
+        if any(typed) and not all(typed):
+            raise InvalidInputError("pairs with and without token types cannot be joined")
+        segments = np.concatenate([p.segments for p in parts]) if all(typed) else None
+        return cls.from_lengths(ids, np.concatenate([p.lengths for p in parts]), segments)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -64,7 +77,8 @@ class Pairs:
         lengths = self.lengths[indices]
         width = int(lengths.max(initial=0))
         block = self.gather(indices, lengths, width)
-        return Pairs.from_lengths(block[np.arange(width) < lengths[:, None]], lengths)
+        segments = None if self.segments is None else self.segments[indices]
+        return Pairs.from_lengths(block[np.arange(width) < lengths[:, None]], lengths, segments)
 
     def gather(self, indices: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
         """`[len(indices), width]` ids of the pairs at `indices`, each row's tail past its
@@ -90,6 +104,13 @@ class Pairs:
             raise InvalidInputError("the lengths do not add up to the number of ids")
         if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
             raise InvalidInputError(f"token ids must lie in [0, {vocab_size})")
+        seg = self.segments
+        if seg is not None and (
+            not isinstance(seg, np.ndarray)
+            or seg.shape != (len(lengths),)
+            or (len(seg) and (int(seg.min()) < 0 or (seg > lengths).any()))
+        ):
+            raise InvalidInputError("segments must give each pair's type-1 start (0..length)")
 
 
 _NO_IDS = np.zeros(0, dtype=np.int32)

@@ -124,7 +124,10 @@ class Scorer:
         for indices, padded in plan:
             # On CUDA (depth 1) batch i+1 is prepared and queued behind batch i before batch
             # i is read back, so the device never waits for the host between two batches.
-            inputs = backend.encode_pre(*pad_batch(pairs, indices, padded, self.pad_token_id))
+            inputs = backend.encode_pre(
+                *pad_batch(pairs, indices, padded, self.pad_token_id),
+                segments=None if pairs.segments is None else pairs.segments[indices],
+            )
             queued.append((indices, backend.encode_core(inputs)))
             while len(queued) > depth:
                 done, outputs = queued.popleft()

@@ -34,8 +34,10 @@ def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def _get_json(url: str, timeout: float = 5.0):
-    req = urllib.request.Request(url, headers=auth_headers())
+def _get_json(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None):
+    # `headers`: a caller's own credentials (another cluster's token) instead of this
+    # environment's.
+    req = urllib.request.Request(url, headers=auth_headers() if headers is None else headers)
     with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (local URL)
         return json.loads(resp.read().decode())
 
@@ -59,20 +61,22 @@ def check_ports(ports: list[int], host: str = "127.0.0.1") -> list[int]:
     return taken
 
 
-def live_nodes(dashboard: str) -> list[dict]:
+def live_nodes(dashboard: str, headers: dict[str, str] | None = None) -> list[dict]:
     """Alive nodes as the dashboard's state API lists them."""
-    data = _get_json(f"{dashboard}/api/v0/nodes?limit=1000&detail=false")
+    data = _get_json(f"{dashboard}/api/v0/nodes?limit=1000&detail=false", headers=headers)
     result = data.get("data", {}).get("result", {})
     rows = result.get("result", result) if isinstance(result, dict) else result
     return [n for n in rows if n.get("state") == "ALIVE"]
 
 
-def wait_nodes(dashboard: str, count: int, timeout: float) -> int:
+def wait_nodes(
+    dashboard: str, count: int, timeout: float, headers: dict[str, str] | None = None
+) -> int:
     deadline = time.monotonic() + timeout
     seen, last_err = -1, None
     while time.monotonic() < deadline:
         try:
-            seen = len(live_nodes(dashboard))
+            seen = len(live_nodes(dashboard, headers))
             if seen >= count:
                 print(f"{seen} nodes alive")
                 return 0
@@ -146,17 +150,19 @@ def local_serve_config(
     return out
 
 
-def serve_status(dashboard: str) -> dict:
-    return _get_json(f"{dashboard}/api/serve/applications/")
+def serve_status(dashboard: str, headers: dict[str, str] | None = None) -> dict:
+    return _get_json(f"{dashboard}/api/serve/applications/", headers=headers)
 
 
-def wait_serve(dashboard: str, serve_url: str, timeout: float) -> int:
+def wait_serve(
+    dashboard: str, serve_url: str, timeout: float, headers: dict[str, str] | None = None
+) -> int:
     """Wait until every application is RUNNING and GET {route_prefix}/healthz answers 200."""
     deadline = time.monotonic() + timeout
     last = "no answer yet"
     while time.monotonic() < deadline:
         try:
-            status = serve_status(dashboard)
+            status = serve_status(dashboard, headers)
             apps = status.get("applications") or {}
             states = {name: a.get("status") for name, a in apps.items()}
             failed = {

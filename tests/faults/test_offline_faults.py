@@ -22,16 +22,17 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import psutil
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+from procs import children_named
 
 from pipelines.errors import AllRowsFailedError, InputDataError, OutputError
 from pipelines.files import inspect_output
 
-pytestmark = pytest.mark.ray
+# The long suite (`python3 -m pytest -m slow`).
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 LABELS = "sports,politics,business"
 WORDS = "the match vote market team budget league price election growth".split()
@@ -97,17 +98,8 @@ def wait_for(proc: subprocess.Popen, what, timeout: float = 180):
 
 def ray_process(proc: subprocess.Popen, needle: str):
     """A live process of the run's Ray whose command line names `needle`."""
-    try:
-        children = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return None
-    for child in children:
-        try:
-            if needle in " ".join(child.cmdline()):
-                return child
-        except psutil.Error:
-            continue
-    return None
+    found = children_named(proc.pid, needle)
+    return found[0] if found else None
 
 
 def assert_exactly_once(out: Path, n: int) -> None:
@@ -294,7 +286,6 @@ def test_a_job_whose_rows_all_fail_is_not_ok(tmp_path, tiny_model):
     assert_exactly_once(tmp_path / "out", 3)  # the rows are there, with their errors
 
 
-@pytest.mark.slow
 def test_driver_killed_at_several_points_every_row_once(tmp_path, tiny_model):
     n = 960
     src, out = make_input(tmp_path / "in", n), tmp_path / "out"
@@ -312,7 +303,6 @@ def test_driver_killed_at_several_points_every_row_once(tmp_path, tiny_model):
     assert_exactly_once(out, n)
 
 
-@pytest.mark.slow
 def test_scoring_actor_killed_twice_in_one_run(tmp_path, tiny_model):
     n = 960
     src, out = make_input(tmp_path / "in", n), tmp_path / "out"

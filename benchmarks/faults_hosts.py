@@ -4,7 +4,8 @@ offline job on it, and a host lost, partitioned or restarted under load, every a
 every row checked.
 
 Serve rows: closed-loop aiohttp clients on the proxies of the hosts that stay up (the head's
-and the other worker's for a worker fault; the workers' for a head fault), the null backend
+and the other worker's for a worker fault; the workers' for a head fault), and beside them on
+each proxy a new request every 0.25 s whatever the others wait for (open loop), the null backend
 at a device's pace, every 200 checked for its labels. Columns: requests by status (0: no HTTP
 answer: refused, cut, or past the client's deadline, the app's 30 s request timeout + 10 s),
 answers other than 200 or JSON 503, JSON 503s without Retry-After, seconds from the host's
@@ -48,6 +49,10 @@ PARTITION_S = 30.0
 LOST_S = 20.0  # a lost host is back (rebooted, rescheduled) after this
 HEAD_DOWN_S = 5.0  # KubeRay restarts a dead head's container after about this
 BACK_WITHIN_S = 90.0  # how long a row waits for the cluster to be whole again
+# Beside each proxy's closed-loop clients, a new request this often (open loop): closed-loop
+# clients all waiting on a host that went away send nothing, and a row would then say nothing
+# of what a request sent meanwhile gets.
+ARRIVAL_EVERY_S = 0.25
 
 
 class Timeline:
@@ -112,6 +117,7 @@ def node_back(cluster: HostCluster, host: Host, timeout_s: float, tl: Timeline) 
 
 async def _load(loads: list[Load], script) -> None:
     tasks = [asyncio.create_task(ld.client(ld.url)) for ld in loads for _ in range(ld.clients)]
+    tasks += [asyncio.create_task(ld.aiohttp_arrivals(ld.url, ARRIVAL_EVERY_S)) for ld in loads]
     await asyncio.to_thread(script)
     for ld in loads:
         ld.stop.set()

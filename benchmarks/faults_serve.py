@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -80,6 +81,35 @@ class Load:
                                 lambda data=data: json.loads(data), r.headers)  # fmt: skip
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     await self.failed(t0, exc)
+
+    async def aiohttp_arrivals(self, url: str, every_s: float, most: int = 400) -> None:
+        """Open loop beside the closed-loop clients: a new request every `every_s` s whatever
+        the others wait for (new users arriving), at most `most` in all. Closed-loop clients
+        that all wait on a partitioned host send nothing more: these show whether a request
+        sent meanwhile is answered by the host that is still up."""
+        import aiohttp
+
+        path, body, _ = SHAPES["1x4"]
+
+        async def one(http) -> None:
+            t0 = time.perf_counter()
+            try:
+                async with http.post(url + path, json=body) as r:
+                    data = await r.read()
+                self.record(t0, r.status, r.headers.get("content-type", ""),
+                            lambda data=data: json.loads(data), r.headers)  # fmt: skip
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                self.transport_errors[type(exc).__name__] += 1
+                self.records.append((t0, 0, time.perf_counter() - t0, False))
+
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            sent: list[asyncio.Task] = []
+            while not self.stop.is_set() and len(sent) < most:
+                sent.append(asyncio.create_task(one(http)))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), every_s)
+            await asyncio.gather(*sent)
 
     def record(self, t0: float, status: int, content_type: str, parsed, headers=None) -> None:
         if status == 200:

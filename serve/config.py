@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serve import fast_ingress
 from zeroshot.config import BatchingConfig, Limits, ModelConfig
 
 APP_NAME = "zeroshot"
@@ -224,10 +225,15 @@ class AppConfig(ModelConfig):
     request_timeout_s: float = Field(
         30.0,
         gt=0,
+        # HAProxy replays a request unanswered after its server timeout (a lost replica's):
+        # every live answer, a deadline's 503 included, must come before that.
+        le=fast_ingress.SERVER_TIMEOUT_S - 5,
         description="Most time a request may take in the ingress, waiting included: past it "
         "the answer is 503 deadline_exceeded (Retry-After). A request that would wait longer "
         "than this for the work ahead of it (at the rate measured) is refused at once with 503 "
-        "overloaded instead of being queued.",
+        "overloaded instead of being queued. At most 5 s under the HAProxy server timeout "
+        f"({fast_ingress.SERVER_TIMEOUT_S} s), after which a request counts as lost and is "
+        "replayed on another replica.",
     )
     max_body_bytes: int = Field(
         1 << 20,

@@ -35,11 +35,17 @@ import time
 # retries outlast the three errors after which HAProxy marks a dead replica down and turns to
 # the fallback. The controller checks each proxy every 2 s, not 10 s, and restarts one after
 # three failed checks: a dead HAProxy is back in ~7 s, not ~35 s (a check is a process poll).
+# A replica lost with its host (killed, link gone: no FIN, no RST) never answers, and Ray sets
+# no server timeout: its requests hung for good. HAProxy now gives up on an answer after
+# SERVER_TIMEOUT_S and replays the request elsewhere (response-timeout); a live ingress always
+# answers before that, its request deadline being shorter (serve.config caps it).
+SERVER_TIMEOUT_S = 35
 ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response response-timeout",
     "RAY_SERVE_HAPROXY_RETRIES": "5",
+    "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S": str(SERVER_TIMEOUT_S),
     "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "2",
 }
 # Ports HAProxy binds on every node besides the app's own (stats page, Prometheus metrics).

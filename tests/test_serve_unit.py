@@ -464,3 +464,19 @@ def test_several_models_from_the_cli_and_the_yaml_shape():
 def test_bad_model_lists_are_refused(args, message):
     with pytest.raises(ValueError, match=message):
         AppConfig.model_validate(args)
+
+
+def test_the_request_deadline_ends_before_haproxy_gives_a_request_up():
+    """HAProxy replays a request unanswered after its server timeout (a replica lost with its
+    host never answers): a deadline past it would replay live requests too."""
+    from pydantic import ValidationError
+
+    from serve import fast_ingress
+
+    assert fast_ingress.ENV["RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S"] == str(
+        fast_ingress.SERVER_TIMEOUT_S
+    )
+    assert "response-timeout" in fast_ingress.ENV["RAY_SERVE_HAPROXY_RETRY_ON"].split()
+    AppConfig(request_timeout_s=fast_ingress.SERVER_TIMEOUT_S - 5)
+    with pytest.raises(ValidationError, match="request_timeout_s"):
+        AppConfig(request_timeout_s=fast_ingress.SERVER_TIMEOUT_S - 4)

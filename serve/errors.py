@@ -112,4 +112,6 @@ def error_response(exc: BaseException) -> JSONResponse:
         headers["Retry-After"] = str(max(0, math.ceil(error.retry_after_s)))
     if error.type is ErrorType.UNAUTHORIZED:
         headers["WWW-Authenticate"] = "Bearer"
+    # Starlette's own HTTP headers, e.g. a 405's `Allow` (RFC 9110 requires it).
+    headers.update(getattr(exc, "headers", None) or {})
     return JSONResponse(error_body(error), status_code=STATUS[error.type], headers=headers or None)

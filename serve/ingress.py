@@ -25,6 +25,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from serve import contract
 from serve.coalesce import Coalescer
 from serve.config import INGRESS_NAME, AppConfig, IngressState
 from serve.errors import error_response, to_error
@@ -32,7 +33,6 @@ from serve.metrics import Metrics, ingress_metrics, metrics_info
 from serve.schemas import (
     ClassifyRequest,
     ClassifyResponse,
-    ErrorResponse,
     HFRequest,
     LabelScore,
     parse,
@@ -385,15 +385,6 @@ class Service:
         return response
 
 
-_ERRORS = {
-    400: {"model": ErrorResponse, "description": "Malformed JSON or empty body."},
-    401: {"model": ErrorResponse, "description": "API key required and missing or wrong."},
-    413: {"model": ErrorResponse, "description": "Body, labels, sequences or text too large."},
-    422: {"model": ErrorResponse, "description": "Invalid input (fields, types, labels, text)."},
-    503: {"model": ErrorResponse, "description": "Overloaded (Retry-After) or model down."},
-}
-
-
 def create_api(service: Service) -> FastAPI:
     """The FastAPI app: routes exactly as in DESIGN's public contract."""
     cfg = service.config
@@ -408,31 +399,15 @@ def create_api(service: Service) -> FastAPI:
         openapi_url="/openapi.json",
     )
 
-    def body_doc(model) -> dict:
-        # Bodies are parsed by hand (for the error shape), so describe them for /docs here.
-        schemas[model.__name__] = model
-        return {
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}
-                    }
-                },
-            }
-        }
-
-    schemas: dict[str, type] = {}
-
     async def hf_inference(request: Request, path_model: str | None = None):
         model = path_model
         try:
             body = parse(HFRequest, await read_json(request, cfg.max_body_bytes))
             params = body.parameters
-            if path_model is not None and params.model not in (None, path_model):
+            if path_model is not None and params.model is not None:
+                # One place names the model (the document has no parameters.model here).
                 raise InvalidInputError(
-                    f"the path names model {path_model!r}, parameters.model {params.model!r}: "
-                    "name one"
+                    f"the path names the model ({path_model!r}): leave parameters.model out"
                 )
             model = path_model or params.model
             results, _ = await service.classify(
@@ -472,26 +447,21 @@ def create_api(service: Service) -> FastAPI:
         # http://host/models/ID works; ids may hold slashes (hub ids do).
         return await hf_inference(request, _route_path(request.scope)[len(MODELS_PREFIX) :])
 
-    # Registered for /docs and the OpenAPI schema; requests reach them through `HotRoutes`.
+    # Registered for /docs and the OpenAPI document (bodies and errors: serve.contract);
+    # requests reach them through `HotRoutes`.
     app.post(
         "/",
         response_model=list[LabelScore] | list[list[LabelScore]],
-        responses=_ERRORS,
-        openapi_extra=body_doc(HFRequest),
         summary="Classify (Hugging Face Inference API shape)",
     )(hf_inference)
     app.post(
         MODELS_PREFIX + "{model_id:path}",
         response_model=list[LabelScore] | list[list[LabelScore]],
-        responses=_ERRORS,
-        openapi_extra=body_doc(HFRequest),
         summary="Classify with the served model `model_id` (Hugging Face Inference API shape)",
     )(hf_model_inference)
     app.post(
         "/v1/classify",
         response_model=ClassifyResponse,
-        responses=_ERRORS,
-        openapi_extra=body_doc(ClassifyRequest),
         summary="Classify several sequences against one label set",
     )(classify)
 
@@ -505,7 +475,6 @@ def create_api(service: Service) -> FastAPI:
     @app.get(
         "/healthz",
         summary="Readiness: 200 when a request would be scored now, else 503",
-        responses={503: _ERRORS[503]},
     )
     async def healthz():
         try:
@@ -522,13 +491,9 @@ def create_api(service: Service) -> FastAPI:
     original_openapi = app.openapi
 
     def openapi() -> dict:
+        # Bodies, errors and security as the configuration makes them (serve.contract).
         if app.openapi_schema is None:
-            spec = original_openapi()
-            components = spec.setdefault("components", {}).setdefault("schemas", {})
-            for name, model in schemas.items():
-                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(schema.pop("$defs", {}))
-                components[name] = schema
+            app.openapi_schema = contract.apply(original_openapi(), cfg)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -753,9 +753,12 @@ def test_no_model_named_is_the_first_and_an_unknown_one_is_a_404_naming_them(mul
         r = httpx.post(f"{multi}{path}", json=body, timeout=60)
         _check_error(r, 404, "model_not_found")
         assert "'zz'" in r.json()["error"]["message"] and "a, b" in r.json()["error"]["message"]
-    both = {**one, "parameters": {**one["parameters"], "model": "b"}}
-    _check_error(httpx.post(f"{multi}/multi/models/a", json=both, timeout=60), 422,
-                 "validation_error")  # fmt: skip
+    # The path names the model; parameters.model there is refused, even the same id (the
+    # OpenAPI document's body for that route has no such field).
+    for named_too in ("b", "a"):
+        both = {**one, "parameters": {**one["parameters"], "model": named_too}}
+        _check_error(httpx.post(f"{multi}/multi/models/a", json=both, timeout=60), 422,
+                     "validation_error")  # fmt: skip
 
 
 def test_info_lists_the_served_models(multi, second_model):

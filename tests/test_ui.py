@@ -14,8 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +26,7 @@ from starlette.testclient import TestClient
 from serve.config import AppConfig
 from serve.ingress import Service, create_api
 from serve.ui import SWAGGER_FILES, swagger_dir, wants_html
+from tests.procs import Server
 from zeroshot.classifier import ZeroShotClassifier
 
 REPO = Path(__file__).resolve().parent.parent
@@ -144,51 +143,6 @@ CHROMIUM_FLAGS = [
     # Offline for sure, whatever the machine's network: nothing but 127.0.0.1 resolves.
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`zeroshot serve` in its own process (and process group), as a user starts it."""
-
-    def __init__(self, models: list[str], log: Path):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        cmd = [sys.executable, "-m", "zeroshot", "serve", "--dtype", "float32",
-               "--port", str(self.port), "--num-cpus", "2"]  # fmt: skip
-        for model in models:
-            cmd += ["--model", model]
-        self.stdout = log.with_suffix(".out")
-        with open(self.stdout, "w") as out, open(log, "w") as err:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, start_new_session=True)
-        self.printed = self._wait_for("metrics: ", timeout=240)
-
-    def _wait_for(self, marker: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.stdout.read_text()
-            if marker in text:
-                return text
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.5)
-        self.stop()
-        pytest.fail(f"zeroshot serve did not start:\n{self.stdout.read_text()}\n"
-                    f"{self.log.read_text()[-3000:]}")  # fmt: skip
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # Ctrl-C: serve.shutdown(), ray.shutdown()
-            try:
-                self.proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -123,6 +123,7 @@ def make_test_model(
     init_std: float = 0.1,
     head_scale: float = 10.0,
     arch: str = "bart",
+    max_positions: int | None = None,
 ) -> Path:
     """Write a random-weight NLI sequence classifier of `arch` and its tokenizer to
     `directory`: the family's real architecture and a tokenizer of its kind trained here
@@ -133,7 +134,8 @@ def make_test_model(
     use a two-class head, `TWO_CLASS_LABELS`). `init_std` (5x the families' default) and
     `head_scale` (on the classification head's output layer) make the random model
     input-dependent enough that labels get visibly different scores. `size` 'full' (BART
-    only) is valhalla/distilbart-mnli-12-1's exact shape.
+    only) is valhalla/distilbart-mnli-12-1's exact shape. `max_positions`: the longest input
+    in tokens (default 128 tiny, 1024 full), e.g. a real checkpoint's limit.
     """
     import torch
 
@@ -149,7 +151,7 @@ def make_test_model(
         "label2id": {name: i for i, name in enumerate(labels)},
     }
     torch.manual_seed(seed)
-    model, tokenizer = _BUILDERS[arch](size, head, seed, init_std)
+    model, tokenizer = _BUILDERS[arch](size, head, seed, init_std, max_positions)
     model.eval()
     with torch.no_grad():
         _output_layer(model, len(labels)).weight.mul_(head_scale)
@@ -170,11 +172,12 @@ _NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 _TINY_VOCAB, _TINY_POSITIONS = 2000, 128
 
 
-def _bart(size: str, head: dict, seed: int, init_std: float):
+def _bart(size: str, head: dict, seed: int, init_std: float, positions: int | None):
     from transformers import BartConfig, BartForSequenceClassification
 
     tokenizer_vocab = 2000 if size == "tiny" else 8000
     shape = _shape(size, tokenizer_vocab)
+    shape["max_position_embeddings"] = positions or shape["max_position_embeddings"]
     tokenizer = train_tokenizer(tokenizer_vocab, shape["max_position_embeddings"], seed)
     config = BartConfig(
         **shape,
@@ -194,17 +197,18 @@ def _bart(size: str, head: dict, seed: int, init_std: float):
     return BartForSequenceClassification(config), tokenizer
 
 
-def _roberta(size: str, head: dict, seed: int, init_std: float):
+def _roberta(size: str, head: dict, seed: int, init_std: float, positions: int | None):
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    tokenizer = train_tokenizer(_TINY_VOCAB, _TINY_POSITIONS, seed)
+    positions = positions or _TINY_POSITIONS
+    tokenizer = train_tokenizer(_TINY_VOCAB, positions, seed)
     config = RobertaConfig(
         vocab_size=_TINY_VOCAB,
         **_TINY,
         **_NO_DROPOUT,
         **head,
         # RoBERTa's positions start past the padding id: two more than the longest input.
-        max_position_embeddings=_TINY_POSITIONS + 2,
+        max_position_embeddings=positions + 2,
         type_vocab_size=1,
         bos_token_id=0,
         pad_token_id=1,
@@ -214,16 +218,17 @@ def _roberta(size: str, head: dict, seed: int, init_std: float):
     return RobertaForSequenceClassification(config), tokenizer
 
 
-def _bert(size: str, head: dict, seed: int, init_std: float):
+def _bert(size: str, head: dict, seed: int, init_std: float, positions: int | None):
     from transformers import BertConfig, BertForSequenceClassification
 
-    tokenizer = train_wordpiece(_TINY_VOCAB, _TINY_POSITIONS, seed)
+    positions = positions or _TINY_POSITIONS
+    tokenizer = train_wordpiece(_TINY_VOCAB, positions, seed)
     config = BertConfig(
         vocab_size=_TINY_VOCAB,
         **_TINY,
         **_NO_DROPOUT,
         **head,
-        max_position_embeddings=_TINY_POSITIONS,
+        max_position_embeddings=positions,
         type_vocab_size=2,
         pad_token_id=0,
         initializer_range=init_std,
@@ -231,10 +236,11 @@ def _bert(size: str, head: dict, seed: int, init_std: float):
     return BertForSequenceClassification(config), tokenizer
 
 
-def _deberta_v2(size: str, head: dict, seed: int, init_std: float):
+def _deberta_v2(size: str, head: dict, seed: int, init_std: float, positions: int | None):
     from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
-    tokenizer = train_unigram(_TINY_VOCAB, _TINY_POSITIONS, seed)
+    positions = positions or _TINY_POSITIONS
+    tokenizer = train_unigram(_TINY_VOCAB, positions, seed)
     # DeBERTa-v3's shape: relative attention with position buckets, no absolute positions,
     # no token type embeddings (type_vocab_size 0: the types the tokenizer makes are unused).
     config = DebertaV2Config(
@@ -242,7 +248,7 @@ def _deberta_v2(size: str, head: dict, seed: int, init_std: float):
         **_TINY,
         **_NO_DROPOUT,
         **head,
-        max_position_embeddings=_TINY_POSITIONS,
+        max_position_embeddings=positions,
         type_vocab_size=0,
         relative_attention=True,
         position_buckets=32,

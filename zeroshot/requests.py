@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,33 @@ from zeroshot.errors import (
     TooManyLabelsError,
     TooManySequencesError,
 )
+
+# The rules below as JSON Schema patterns (serve/contract.py puts them in the OpenAPI document,
+# and these are what the code checks, so a request the document allows is never refused).
+# A template's text: anything but braces, or braces doubled (str.format's escapes).
+_TEMPLATE_TEXT = r"(?:[^{}]|\{\{|\}\})"
+# The label goes where the template says `{}` (once: str.format has one label to give) or
+# `{0}` (any number of times); no other replacement field, so formatting cannot fail.
+TEMPLATE_PATTERN = (
+    rf"^{_TEMPLATE_TEXT}*\{{\}}{_TEMPLATE_TEXT}*$"
+    rf"|^(?:{_TEMPLATE_TEXT}|\{{0\}})*\{{0\}}(?:{_TEMPLATE_TEXT}|\{{0\}})*$"
+)
+_TEMPLATE_RE = re.compile(TEMPLATE_PATTERN)
+# str.isspace's whitespace (what strip() removes), spelled out: `\s` differs between regex
+# engines (ECMA's, which JSON Schema tools use, lacks U+001C-U+001F and U+0085, has U+FEFF).
+_WS = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# A list's label: some text that is not all whitespace.
+LABEL_PATTERN = rf"[^{_WS}]"
+
+
+def labels_string_pattern(max_labels: int) -> str:
+    """The comma-separated form: 1 to `max_labels` pieces with text, no two the same once
+    stripped (the lookahead: a piece, then later the same piece), any number of blank ones
+    (dropped, the pipeline's rule) around them. tests/test_contract.py holds it to the code."""
+    ws, text = f"[{_WS}]*", f"[^,{_WS}]"
+    piece = rf"{ws}{text}[^,]*"
+    repeat = rf"(?![\s\S]*?(?:^|,){ws}({text}[^,]*?){ws},(?:[\s\S]*,)?{ws}\1{ws}(?:,|$))"
+    return rf"^{repeat}(?:{ws},)*{piece}(?:,(?:{ws},)*{piece}){{0,{max_labels - 1}}}(?:,{ws})*$"
 
 
 def parse_labels(candidate_labels: str | Sequence[str] | None) -> list[str]:
@@ -58,13 +86,14 @@ def check_labels(labels: Sequence[str]) -> None:
 
     A comma-separated string drops its empty pieces (the pipeline's rule), so `"a,,b"` is fine;
     a list is taken as given, so `["a", ""]` is refused rather than scored with an empty
-    hypothesis. Duplicates are compared stripped: `["a", "a "]` is the same label twice.
+    hypothesis. Duplicates are compared as scored (a list's labels as given, a string's pieces
+    stripped), the rule JSON Schema's `uniqueItems` states: `["a", "a "]` are two labels.
     """
     seen: dict[str, int] = {}
     for i, label in enumerate(labels):
         check_unicode(label, f"candidate label {i}", InvalidLabelsError)
-        key = label.strip()
-        if not key:
+        key = label
+        if not key.strip():
             raise EmptyLabelError(
                 f"candidate label {i} ({label!r}) is empty: every label needs some text."
             )
@@ -74,6 +103,16 @@ def check_labels(labels: Sequence[str]) -> None:
                 "give each label once (copies are scored twice and, single-label, split one score)."
             )
         seen[key] = i
+
+
+def check_template(template: str) -> None:
+    """Refuse a template without exactly one place for the label (TEMPLATE_PATTERN)."""
+    if not _TEMPLATE_RE.fullmatch(template):
+        raise InvalidTemplateError(
+            f'hypothesis_template "{template}" was not able to be formatted with the target '
+            "labels: it must contain {} (once) or {0} where the label goes, and no other "
+            'braces unless doubled ("{{" for a literal "{"), e.g. "This example is {}."'
+        )
 
 
 def format_hypothesis(template: str, label: str) -> str:
@@ -132,11 +171,7 @@ class ClassificationRequest:
         if not isinstance(hypothesis_template, str):
             raise InvalidTemplateError("hypothesis_template must be a string containing {}.")
         check_unicode(hypothesis_template, "hypothesis_template", InvalidTemplateError)
-        if format_hypothesis(hypothesis_template, labels[0]) == hypothesis_template:
-            raise InvalidTemplateError(
-                f'hypothesis_template "{hypothesis_template}" was not able to be formatted with '
-                "the target labels: it must contain {} where the label goes."
-            )
+        check_template(hypothesis_template)
         return cls(tuple(sequences), tuple(labels), hypothesis_template, bool(multi_label))
 
     @property

@@ -171,7 +171,7 @@ def models(tmp_path_factory) -> list[str]:
     return [f"bart={bart}", str(bert)]
 
 
-def fuzz(url: str, *args: str) -> subprocess.CompletedProcess:
+def fuzz(url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     """schemathesis with every check, bounded (examples per operation, seed), and the 413
     rejection status added (tests/schemathesis.toml says why)."""
     cli = Path(sys.executable).with_name("schemathesis")
@@ -179,7 +179,7 @@ def fuzz(url: str, *args: str) -> subprocess.CompletedProcess:
         [str(cli), "--config-file", str(HERE / "schemathesis.toml"), "run",
          f"{url}/openapi.json", "--checks", "all", "--max-examples", "60", "--seed", "7",
          "--request-timeout", "60", "--generation-database", "none", *args],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=cwd,  # its cache goes there
     )  # fmt: skip
 
 
@@ -193,7 +193,8 @@ def test_schemathesis_finds_nothing(models, tmp_path, key):
     try:
         if key is not None:  # the key is enforced, and the document says so
             assert httpx.get(f"{server.url}/v1/info", timeout=30).status_code == 401
-        out = fuzz(server.url, *([] if key is None else ["-H", f"Authorization: Bearer {key}"]))
+        auth = [] if key is None else ["-H", f"Authorization: Bearer {key}"]
+        out = fuzz(server.url, tmp_path, *auth)
     finally:
         server.stop()
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]

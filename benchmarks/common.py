@@ -40,14 +40,18 @@ def require_extra(extra: str = "bench", modules: tuple[str, ...] = BENCH_EXTRA) 
         )
 
 
-def ensure_full_model(path: Path = FULL_MODEL) -> str:
-    """The `full` fixture (distilbart-mnli-12-1's exact shape, random weights), built once."""
-    if not (path / "model.safetensors").exists() or not (path / "tokenizer.json").exists():
-        print(f"building the full fixture model in {path} ...", file=sys.stderr)
+def ensure_full_model(path: Path = FULL_MODEL, arch: str = "bart") -> str:
+    """The `full` fixture of `arch`, built once: distilbart-mnli-12-1's exact shape for BART,
+    the family's base checkpoint's for the others (random weights)."""
+    if arch != "bart" and path == FULL_MODEL:
+        path = FULL_MODEL.with_name(f"full-{arch}")
+    if not (path / "model.safetensors").exists() or not (path / "config.json").exists():
+        print(f"building the full {arch} fixture model in {path} ...", file=sys.stderr)
         subprocess.run(
-            [sys.executable, "-m", "zeroshot", "make-test-model", str(path), "--size", "full"],
+            [sys.executable, "-m", "zeroshot", "make-test-model", str(path), "--size", "full",
+             "--arch", arch],
             check=True,
-        )
+        )  # fmt: skip
     return str(path)
 
 
@@ -83,14 +87,13 @@ def bare_limit(
     scorer = Scorer.from_config(cfg, batching=batching)
     backend = scorer.backend
     batches = [
-        backend.encode_pre(*pad_batch(pairs, idx, padded, scorer.pad_token_id))
+        backend.encode_pre(
+            *pad_batch(pairs, idx, padded, scorer.pad_token_id),
+            segments=None if pairs.segments is None else pairs.segments[idx],
+        )
         for idx, padded in plan_batches(pairs.lengths, scorer.batching)
     ]
-    backend.encode_post(backend.encode_core(batches[-1]))  # warm-up on the smallest batch
-    t0 = time.perf_counter()
-    for inputs in batches:
-        backend.encode_post(backend.encode_core(inputs))
-    seconds = time.perf_counter() - t0
+    seconds = forward_seconds(backend, batches)
     return {
         "pairs": len(pairs),
         "seconds": seconds,
@@ -99,6 +102,16 @@ def bare_limit(
         "forward": getattr(backend, "forward", None),
         "batches": len(batches),
     }
+
+
+def forward_seconds(backend, batches: list) -> float:
+    """Seconds for the forward passes of `batches` (already padded and on the device), after
+    a warm-up on the smallest."""
+    backend.encode_post(backend.encode_core(batches[-1]))
+    t0 = time.perf_counter()
+    for inputs in batches:
+        backend.encode_post(backend.encode_core(inputs))
+    return time.perf_counter() - t0
 
 
 def write_results(name: str, data: dict) -> Path:

@@ -7,7 +7,15 @@ overhead) at each dtype; the transformers pipeline (default batch size, and its 
 size). Runs alternate between variants (best of N) so drift on a shared box hits all of them.
 Prints JSON with pairs/s and ratios; writes benchmarks/results/engine.{json,png}.
 
-    python -m benchmarks.engine [--texts 200] [--pipeline-texts 40] [--repeats 2]
+`--arch roberta|deberta-v2|bert`: the family's base shape (12 layers, 768 wide, random weights):
+the engine (transformers' forward, the only one outside BART) against its bare forward and the
+pipeline, at each dtype, and what the two speed-ups the encoder-only families might take are
+worth: attention through SDPA (transformers' default where the family has it) against eager,
+and the most that skipping the last layer's work for every position but the first (the head
+reads the first token only) could save, measured as the forward without its last layer.
+Writes benchmarks/results/engine_{arch}.{json,png}.
+
+    python -m benchmarks.engine [--arch bart] [--texts 200] [--pipeline-texts 40] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from benchmarks.common import (
     bare_limit,
     cpu_model,
     ensure_full_model,
+    forward_seconds,
     seeded_texts,
     write_results,
 )
@@ -52,7 +61,10 @@ def main() -> None:
     ap.add_argument("--pipeline-texts", type=int, default=40, help="subset for the slow pipeline")
     ap.add_argument("--batch-sizes", default="8,32", help="pipeline batch sizes to search")
     ap.add_argument("--repeats", type=int, default=2, help="best of N for engine and bare runs")
+    ap.add_argument("--arch", default="bart", choices=["bart", "roberta", "deberta-v2", "bert"])
     args = ap.parse_args()
+    if args.arch != "bart":
+        return family(args)
 
     from transformers import pipeline
 
@@ -167,6 +179,154 @@ def main() -> None:
     }  # fmt: skip
     write_results("engine", out)
     plot(out)
+
+
+def pipeline_runs(model: str, sub: list[str], batch_sizes: str) -> tuple[list, dict]:
+    """The pipeline's answers on `sub` and its pairs/s at its default and each batch size."""
+    from transformers import pipeline
+
+    pipe = pipeline("zero-shot-classification", model=model, device=-1, dtype=torch.float32)
+    pipe(sub[:1], candidate_labels=LABELS)
+    ref, secs = timed(lambda: pipe(sub, candidate_labels=LABELS))
+    pairs = len(sub) * len(LABELS)
+    runs = {"pipeline_default": {"texts": len(sub), "seconds": secs, "pairs_per_s": pairs / secs}}
+    for bs in (int(b) for b in batch_sizes.split(",")):
+        _, secs = timed(lambda bs=bs: pipe(sub, candidate_labels=LABELS, batch_size=bs))
+        runs[f"pipeline_batch_{bs}"] = {"seconds": secs, "pairs_per_s": pairs / secs}
+    return ref, runs
+
+
+def _layers(model) -> torch.nn.ModuleList:
+    base = getattr(model, model.base_model_prefix)
+    return base.encoder.layer
+
+
+def family(args) -> None:
+    """`--arch` other than BART: see the module's docstring."""
+    from zeroshot import ClassificationRequest, Limits, ModelConfig, ZeroShotClassifier
+    from zeroshot.score import pad_batch, plan_batches
+
+    model = ensure_full_model(arch=args.arch)
+    texts = seeded_texts(args.texts, seed=0)
+    n_pairs = len(texts) * len(LABELS)
+    limits = Limits(max_sequences=max(256, len(texts)))
+    out: dict = {"arch": args.arch, "model": f"full {args.arch} fixture (base shape, random "
+                 "weights)", "device": "cpu", "cpu": cpu_model(), "texts": len(texts),
+                 "labels": len(LABELS), "pairs": n_pairs,
+                 "torch_threads": torch.get_num_threads()}  # fmt: skip
+    engines = {}
+    for dtype in ("float32", "auto"):
+        clf = ZeroShotClassifier.from_config(
+            ModelConfig(model=model, dtype=dtype, device="cpu"), limits=limits
+        )
+        clf(texts[:2], LABELS)
+        engines[dtype] = {"clf": clf, "seconds": float("inf")}
+    batches = {}
+    pairs = (
+        engines["float32"]["clf"]
+        .frontend.encode(ClassificationRequest.create(texts, LABELS, limits=limits))
+        .pairs
+    )
+    for dtype, e in engines.items():
+        scorer = e["clf"].scorer
+        batches[dtype] = [
+            scorer.backend.encode_pre(
+                *pad_batch(pairs, idx, padded, scorer.pad_token_id),
+                segments=None if pairs.segments is None else pairs.segments[idx],
+            )
+            for idx, padded in plan_batches(pairs.lengths, scorer.batching)
+        ]
+        e["bare"] = float("inf")
+    for _ in range(args.repeats):  # best of N, alternating engine and bare
+        for dtype, e in engines.items():
+            results, secs = timed(lambda clf=e["clf"]: clf(texts, LABELS))
+            e["results"], e["seconds"] = results, min(e["seconds"], secs)
+            e["bare"] = min(e["bare"], forward_seconds(e["clf"].scorer.backend, batches[dtype]))
+    for dtype, e in engines.items():
+        out[f"engine_{dtype}"] = {"dtype": e["clf"].dtype, "seconds": e["seconds"],
+                                  "pairs_per_s": n_pairs / e["seconds"]}  # fmt: skip
+        out[f"bare_{dtype}"] = {"seconds": e["bare"], "pairs_per_s": n_pairs / e["bare"]}
+
+    # The two speed-ups, on the float32 bare forward (the model changed in place, last).
+    backend = engines["float32"]["clf"].scorer.backend
+    net = backend.model
+    out["attention"] = net.config._attn_implementation
+    if net.config._attn_implementation == "sdpa":
+        net.set_attn_implementation("eager")
+        eager = min(forward_seconds(backend, batches["float32"]) for _ in range(args.repeats))
+        out["bare_float32_eager"] = {"seconds": eager, "pairs_per_s": n_pairs / eager}
+        net.set_attn_implementation("sdpa")
+    layers = _layers(net)
+    last = layers[-1]
+    del layers[-1]
+    short = min(forward_seconds(backend, batches["float32"]) for _ in range(args.repeats))
+    layers.append(last)
+    out["bare_float32_without_last_layer"] = {"seconds": short, "pairs_per_s": n_pairs / short}
+
+    sub_idx = list(range(0, len(texts), max(1, len(texts) // args.pipeline_texts)))
+    sub_idx = sub_idx[: args.pipeline_texts]
+    sub = [texts[i] for i in sub_idx]
+    ref, runs = pipeline_runs(model, sub, args.batch_sizes)
+    out.update(runs)
+    out["pipeline_best"] = max(
+        ({"batch_size": k, **v} for k, v in runs.items()), key=lambda r: r["pairs_per_s"]
+    )
+    _, secs = timed(lambda: engines["auto"]["clf"](sub, LABELS))
+    sub_pairs = len(sub) * len(LABELS)
+    out["engine_auto_on_pipeline_subset"] = {"seconds": secs, "pairs_per_s": sub_pairs / secs}
+    exact, ref_map = score_map(engines["float32"]["results"]), score_map(ref)
+    out["max_abs_diff_engine_fp32_vs_pipeline"] = max(
+        abs(exact[i][lab] - ref_map[j][lab]) for j, i in enumerate(sub_idx) for lab in LABELS
+    )
+    low = score_map(engines["auto"]["results"])
+    out["top_label_agreement_auto_vs_fp32"] = float(np.mean(
+        [max(f, key=f.get) == max(e, key=e.get) for f, e in zip(low, exact)]
+    ))  # fmt: skip
+
+    pps = {
+        k: v["pairs_per_s"] for k, v in out.items() if isinstance(v, dict) and "pairs_per_s" in v
+    }
+    esub = pps["engine_auto_on_pipeline_subset"]
+    out["ratios"] = {
+        "engine_fp32_over_bare_fp32": pps["engine_float32"] / pps["bare_float32"],
+        "engine_auto_over_bare_auto": pps["engine_auto"] / pps["bare_auto"],
+        "engine_auto_over_pipeline_default": esub / pps["pipeline_default"],
+        "engine_auto_over_pipeline_best": esub / pps["pipeline_best"],
+        "engine_auto_over_engine_fp32": pps["engine_auto"] / pps["engine_float32"],
+        # The most a first-token-only last layer could gain: 1 - full / without it.
+        "last_layer_share_of_forward": (
+            1 - pps["bare_float32"] / pps["bare_float32_without_last_layer"]
+        ),
+    }
+    if "bare_float32_eager" in pps:
+        out["ratios"]["sdpa_over_eager_bare_fp32"] = pps["bare_float32"] / pps["bare_float32_eager"]
+    out["targets"] = {
+        "engine_fp32_over_bare_fp32 >= 0.9": out["ratios"]["engine_fp32_over_bare_fp32"] >= 0.9,
+        "engine_auto_over_bare_auto >= 0.9": out["ratios"]["engine_auto_over_bare_auto"] >= 0.9,
+    }
+    write_results(f"engine_{args.arch}", out)
+    plot_family(out)
+
+
+def plot_family(out: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ("pipeline_default", "pipeline_best", "engine_float32", "bare_float32",
+                         "bare_float32_eager", "bare_float32_without_last_layer", "engine_auto",
+                         "bare_auto") if n in out]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    bars = ax.bar(names, [out[n]["pairs_per_s"] for n in names], color="#36c")
+    ax.bar_label(bars, fmt="%.1f")
+    ax.set_ylabel("pairs / s")
+    auto = out["engine_auto"]["dtype"]
+    ax.set_title(f"zero-shot engine, {out['arch']} base shape, {out['pairs']} pairs, CPU "
+                 f"({out['torch_threads']} threads; auto = {auto})")  # fmt: skip
+    plt.xticks(rotation=20, ha="right")
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"engine_{out['arch']}.png", dpi=100)
 
 
 def plot(out: dict) -> None:

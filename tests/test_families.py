@@ -99,9 +99,13 @@ def test_the_offline_job_matches_the_pipeline(family, tmp_path):
 
     from pipelines import JobConfig, run_job
 
-    arch, path, pipe, _ = family
+    arch, path, pipe, clf = family
     if arch not in ("bert", "deberta-v2"):
         pytest.skip("BART runs through every offline test; RoBERTa's path is BART's")
+    if clf.frontend.nli.id2label.keys() == {0, 1}:
+        # The job's stages are the family's (tokenizer, token types); a head's label rule is
+        # the assembler's, shared with the in-process and Serve paths that test it per head.
+        pytest.skip("the two-class head's rule is shared code, tested in process and on Serve")
     src = tmp_path / "in.parquet"
     pq.write_table(pa.table({"text": TEXTS, "i": range(len(TEXTS))}), src)
     labels = ["sports", "economy", "health"]

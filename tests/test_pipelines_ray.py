@@ -309,25 +309,29 @@ def test_rerun_with_other_labels_refuses_and_same_labels_resume(tmp_path, tiny_m
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def test_a_run_prints_our_lines_and_verbose_brings_rays_back(tmp_path, tiny_model):
-    """A normal `zeroshot score` prints its progress and summary, none of Ray's INFO records
-    (the driver's, the actors' forwarded ones, the stop's); `--verbose` keeps them all."""
+def _score_log(tmp_path, tiny_model, *extra: str) -> str:
     src = tmp_path / "in.parquet"
     pq.write_table(pa.table({"text": TEXTS}), src)
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "zeroshot", "score", str(src), str(tmp_path / "out"),
+           "--labels", ",".join(LABELS), "--model", tiny_model, "--no-progress",
+           *extra]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout + run.stderr
 
-    def score(out: str, *extra: str) -> str:
-        cmd = [sys.executable, "-m", "zeroshot", "score", str(src), str(tmp_path / out),
-               "--labels", ",".join(LABELS), "--model", tiny_model, "--no-progress",
-               *extra]  # fmt: skip
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
-        assert run.returncode == 0, run.stderr[-2000:]
-        return run.stdout + run.stderr
 
-    quiet = score("quiet")
+def test_a_run_prints_our_lines_only(tmp_path, tiny_model):
+    """A normal `zeroshot score` prints its progress and summary, none of Ray's INFO records
+    (the driver's, the actors' forwarded ones, the stop's)."""
+    quiet = _score_log(tmp_path, tiny_model)
     assert "[OK]" in quiet
     assert " INFO " not in quiet and "\tINFO " not in quiet, quiet[-3000:]
     assert "Started a local Ray instance" not in quiet
-    verbose = score("verbose", "--verbose")
+
+
+@pytest.mark.slow
+def test_verbose_brings_rays_lines_back(tmp_path, tiny_model):
+    verbose = _score_log(tmp_path, tiny_model, "--verbose")
     assert "[OK]" in verbose and "Started a local Ray instance" in verbose

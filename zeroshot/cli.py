@@ -31,7 +31,9 @@ SIZES_HELP = (
     "tiny: 2 encoder layers, d_model 64, a 2000-token vocabulary (about 1 MB; built in a "
     "second, for tests); full: valhalla/distilbart-mnli-12-1's exact shape (12 encoder "
     "layers, 1 decoder layer, d_model 1024, 50265 tokens; about 900 MB of float32 weights, "
-    "for benchmarks). Both use random weights and a BART-style tokenizer trained here."
+    "for benchmarks; for --arch roberta, deberta-v2 and bert, the family's base shape: 12 "
+    "layers, 768 wide, 512 tokens). Both use random weights and a tokenizer of the family's "
+    "kind trained here."
 )
 
 

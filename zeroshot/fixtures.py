@@ -133,16 +133,17 @@ def make_test_model(
     `labels` gives the label names in id order, so tests can put entailment at any id (or
     use a two-class head, `TWO_CLASS_LABELS`). `init_std` (5x the families' default) and
     `head_scale` (on the classification head's output layer) make the random model
-    input-dependent enough that labels get visibly different scores. `size` 'full' (BART
-    only) is valhalla/distilbart-mnli-12-1's exact shape. `max_positions`: the longest input
+    input-dependent enough that labels get visibly different scores. `size` 'full' is
+    valhalla/distilbart-mnli-12-1's exact shape for BART, the family's base checkpoint's
+    (12 layers, 768 wide, 512 tokens) for the others. `max_positions`: the longest input
     in tokens (default 128 tiny, 1024 full), e.g. a real checkpoint's limit.
     """
     import torch
 
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
-    if size != "tiny" and arch != "bart":
-        raise ValueError("only the BART fixture comes in size 'full'")
+    if size not in ("tiny", "full"):
+        raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     head = {
@@ -168,8 +169,21 @@ def _output_layer(model, num_labels: int):
 
 
 _TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+# size 'full' outside BART: the family's base checkpoint's shape (roberta-base, bert-base,
+# deberta-v3-base: 12 layers, 768 wide), with its 512-token limit; the vocabulary stays the
+# locally trained one (it sizes the embedding table, not the work per token).
+_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+_BASE_POSITIONS = 512
+
+
 _NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 _TINY_VOCAB, _TINY_POSITIONS = 2000, 128
+
+
+def _encoder_shape(size: str, positions: int | None) -> tuple[dict, int]:
+    if size == "full":
+        return _BASE, positions or _BASE_POSITIONS
+    return _TINY, positions or _TINY_POSITIONS
 
 
 def _bart(size: str, head: dict, seed: int, init_std: float, positions: int | None):
@@ -200,11 +214,11 @@ def _bart(size: str, head: dict, seed: int, init_std: float, positions: int | No
 def _roberta(size: str, head: dict, seed: int, init_std: float, positions: int | None):
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    positions = positions or _TINY_POSITIONS
+    shape, positions = _encoder_shape(size, positions)
     tokenizer = train_tokenizer(_TINY_VOCAB, positions, seed)
     config = RobertaConfig(
         vocab_size=_TINY_VOCAB,
-        **_TINY,
+        **shape,
         **_NO_DROPOUT,
         **head,
         # RoBERTa's positions start past the padding id: two more than the longest input.
@@ -221,11 +235,11 @@ def _roberta(size: str, head: dict, seed: int, init_std: float, positions: int |
 def _bert(size: str, head: dict, seed: int, init_std: float, positions: int | None):
     from transformers import BertConfig, BertForSequenceClassification
 
-    positions = positions or _TINY_POSITIONS
+    shape, positions = _encoder_shape(size, positions)
     tokenizer = train_wordpiece(_TINY_VOCAB, positions, seed)
     config = BertConfig(
         vocab_size=_TINY_VOCAB,
-        **_TINY,
+        **shape,
         **_NO_DROPOUT,
         **head,
         max_position_embeddings=positions,
@@ -239,13 +253,13 @@ def _bert(size: str, head: dict, seed: int, init_std: float, positions: int | No
 def _deberta_v2(size: str, head: dict, seed: int, init_std: float, positions: int | None):
     from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
-    positions = positions or _TINY_POSITIONS
+    shape, positions = _encoder_shape(size, positions)
     tokenizer = train_unigram(_TINY_VOCAB, positions, seed)
     # DeBERTa-v3's shape: relative attention with position buckets, no absolute positions,
     # no token type embeddings (type_vocab_size 0: the types the tokenizer makes are unused).
     config = DebertaV2Config(
         vocab_size=_TINY_VOCAB,
-        **_TINY,
+        **shape,
         **_NO_DROPOUT,
         **head,
         max_position_embeddings=positions,
@@ -258,7 +272,7 @@ def _deberta_v2(size: str, head: dict, seed: int, init_std: float, positions: in
         norm_rel_ebd="layer_norm",
         share_att_key=True,
         pooler_dropout=0.0,
-        pooler_hidden_size=_TINY["hidden_size"],
+        pooler_hidden_size=shape["hidden_size"],
         pad_token_id=0,
         initializer_range=init_std,
     )

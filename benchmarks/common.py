@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -81,18 +83,12 @@ def bare_limit(
     reading their logits back) are timed. `options`: more `ModelConfig` fields (e.g.
     fast_forward=False for transformers' own forward)."""
     from zeroshot import ModelConfig
-    from zeroshot.score import Scorer, pad_batch, plan_batches
+    from zeroshot.score import Scorer
 
     cfg = ModelConfig(model=model_dir, device=device, dtype=dtype, **options)
     scorer = Scorer.from_config(cfg, batching=batching)
     backend = scorer.backend
-    batches = [
-        backend.encode_pre(
-            *pad_batch(pairs, idx, padded, scorer.pad_token_id),
-            segments=None if pairs.segments is None else pairs.segments[idx],
-        )
-        for idx, padded in plan_batches(pairs.lengths, scorer.batching)
-    ]
+    batches = padded_batches(scorer, pairs)
     seconds = forward_seconds(backend, batches)
     return {
         "pairs": len(pairs),
@@ -104,6 +100,20 @@ def bare_limit(
     }
 
 
+def padded_batches(scorer, pairs) -> list:
+    """`pairs` as the scorer would batch them, padded and on its device (its backend's
+    `encode_pre`), so only the forward passes are left to time."""
+    from zeroshot.score import pad_batch, plan_batches
+
+    return [
+        scorer.backend.encode_pre(
+            *pad_batch(pairs, idx, padded, scorer.pad_token_id),
+            segments=None if pairs.segments is None else pairs.segments[idx],
+        )
+        for idx, padded in plan_batches(pairs.lengths, scorer.batching)
+    ]
+
+
 def forward_seconds(backend, batches: list) -> float:
     """Seconds for the forward passes of `batches` (already padded and on the device), after
     a warm-up on the smallest."""
@@ -112,6 +122,20 @@ def forward_seconds(backend, batches: list) -> float:
     for inputs in batches:
         backend.encode_post(backend.encode_core(inputs))
     return time.perf_counter() - t0
+
+
+def stop_group(proc: subprocess.Popen, sig: int = signal.SIGINT, wait_s: float = 90) -> None:
+    """Stop a process started in its own session (`start_new_session=True`) as a user would:
+    `sig` (SIGINT: Ctrl-C; SIGTERM: a container's stop), then SIGKILL to its whole group if it
+    has not exited within `wait_s` (the Ray it started goes with it)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 def write_results(name: str, data: dict) -> Path:

@@ -33,6 +33,7 @@ from benchmarks.common import (
     cpu_model,
     ensure_full_model,
     forward_seconds,
+    padded_batches,
     seeded_texts,
     write_results,
 )
@@ -204,7 +205,6 @@ def _layers(model) -> torch.nn.ModuleList:
 def family(args) -> None:
     """`--arch` other than BART: see the module's docstring."""
     from zeroshot import ClassificationRequest, Limits, ModelConfig, ZeroShotClassifier
-    from zeroshot.score import pad_batch, plan_batches
 
     model = ensure_full_model(arch=args.arch)
     texts = seeded_texts(args.texts, seed=0)
@@ -228,14 +228,7 @@ def family(args) -> None:
         .pairs
     )
     for dtype, e in engines.items():
-        scorer = e["clf"].scorer
-        batches[dtype] = [
-            scorer.backend.encode_pre(
-                *pad_batch(pairs, idx, padded, scorer.pad_token_id),
-                segments=None if pairs.segments is None else pairs.segments[idx],
-            )
-            for idx, padded in plan_batches(pairs.lengths, scorer.batching)
-        ]
+        batches[dtype] = padded_batches(e["clf"].scorer, pairs)
         e["bare"] = float("inf")
     for _ in range(args.repeats):  # best of N, alternating engine and bare
         for dtype, e in engines.items():

@@ -33,8 +33,8 @@ from collections import Counter
 import httpx
 import psutil
 
-from benchmarks.common import RESULTS, require_extra, write_results
-from benchmarks.serve_wrk import SHAPES, ensure_tiny, start, stop, wrk
+from benchmarks.common import RESULTS, require_extra, stop_group, write_results
+from benchmarks.serve_wrk import SHAPES, ensure_tiny, start, wrk
 
 LABELS = SHAPES["1x4"][1]["parameters"]["candidate_labels"]
 
@@ -69,18 +69,11 @@ class Load:
     async def aiohttp_client(self, url: str | None = None) -> None:
         import aiohttp  # a dependency of ray[serve]
 
-        path, body, _ = SHAPES["1x4"]
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             while not self.stop.is_set():
-                t0 = time.perf_counter()
-                try:
-                    async with http.post((url or self.url) + path, json=body) as r:
-                        data = await r.read()
-                    self.record(t0, r.status, r.headers.get("content-type", ""),
-                                lambda data=data: json.loads(data), r.headers)  # fmt: skip
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                    await self.failed(t0, exc)
+                if not await self.aiohttp_request(http, url or self.url):
+                    await asyncio.sleep(0.05)  # a refused connection answers at once
 
     async def aiohttp_arrivals(self, url: str, every_s: float, most: int = 400) -> None:
         """Open loop beside the closed-loop clients: a new request every `every_s` s whatever
@@ -89,27 +82,30 @@ class Load:
         sent meanwhile is answered by the host that is still up."""
         import aiohttp
 
-        path, body, _ = SHAPES["1x4"]
-
-        async def one(http) -> None:
-            t0 = time.perf_counter()
-            try:
-                async with http.post(url + path, json=body) as r:
-                    data = await r.read()
-                self.record(t0, r.status, r.headers.get("content-type", ""),
-                            lambda data=data: json.loads(data), r.headers)  # fmt: skip
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                self.transport_errors[type(exc).__name__] += 1
-                self.records.append((t0, 0, time.perf_counter() - t0, False))
-
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             sent: list[asyncio.Task] = []
             while not self.stop.is_set() and len(sent) < most:
-                sent.append(asyncio.create_task(one(http)))
+                sent.append(asyncio.create_task(self.aiohttp_request(http, url)))
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), every_s)
             await asyncio.gather(*sent)
+
+    async def aiohttp_request(self, http, url: str) -> bool:
+        """One request, recorded; False when it got no HTTP answer (status 0)."""
+        import aiohttp
+
+        path, body, _ = SHAPES["1x4"]
+        t0 = time.perf_counter()
+        try:
+            async with http.post(url + path, json=body) as r:
+                data = await r.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            self.no_answer(t0, exc)
+            return False
+        self.record(t0, r.status, r.headers.get("content-type", ""),
+                    lambda: json.loads(data), r.headers)  # fmt: skip
+        return True
 
     def record(self, t0: float, status: int, content_type: str, parsed, headers=None) -> None:
         if status == 200:
@@ -119,9 +115,12 @@ class Load:
             self.no_retry_after += 1
         self.records.append((t0, status, time.perf_counter() - t0, is_json))
 
-    async def failed(self, t0: float, exc: Exception) -> None:
+    def no_answer(self, t0: float, exc: Exception) -> None:
         self.transport_errors[type(exc).__name__] += 1
         self.records.append((t0, 0, time.perf_counter() - t0, False))
+
+    async def failed(self, t0: float, exc: Exception) -> None:
+        self.no_answer(t0, exc)
         await asyncio.sleep(0.05)  # a refused connection answers at once
 
     async def run(self, seconds: float, fault=None, at: float = 3.0) -> float | None:
@@ -222,7 +221,7 @@ def scenario(name: str, model: str, args, fault_of, client: str, extra=()) -> di
             row["exit_code"] = proc.returncode
             row["exit_s"] = exited[0] - fault_t if exited else None
     finally:
-        stop(proc)
+        stop_group(proc)
     return row
 
 
@@ -254,7 +253,7 @@ def overload(model: str, args) -> list[dict]:
                 "throughput_per_s": w["requests_per_s"] * ok / max(1, w["requests"]),
             })  # fmt: skip
     finally:
-        stop(proc)
+        stop_group(proc)
     return rows
 
 

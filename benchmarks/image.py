@@ -39,7 +39,7 @@ import time
 import uuid
 from pathlib import Path
 
-from benchmarks.common import RESULTS, ROOT, cpu_model, write_results
+from benchmarks.common import RESULTS, ROOT, cpu_model, stop_group, write_results
 from cluster.image import build, podman, run, standin, weights
 
 TEXTS = ["The invoice charged me twice for the same month."]
@@ -111,13 +111,7 @@ def start_host(hf_home: str, log_path: Path) -> dict:
             healthy = time.monotonic() - t0
             first = first_classify_ms(url)
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(90)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(10)
+            stop_group(proc, signal.SIGTERM)
     return {"healthy_s": healthy, "first_classify_ms": first}
 
 

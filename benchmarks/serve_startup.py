@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,14 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import RESULTS, ROOT, cpu_model, require_extra, write_results
+from benchmarks.common import (
+    RESULTS,
+    ROOT,
+    cpu_model,
+    require_extra,
+    stop_group,
+    write_results,
+)
 from benchmarks.serve_wrk import SHAPES, ensure_tiny, user_env
 
 TARGET = 1.3
@@ -77,23 +83,13 @@ def one_start(system: str, model: str, port: int, timeout_s: float = 180) -> dic
                     break
                 time.sleep(0.1)
         finally:
-            stop(proc)
+            stop_group(proc)
     line = next((x for x in log_path.read_text().splitlines() if x.startswith("up in ")), "")
     return {
         "healthy_s": healthy,
         "first_answer_s": answered,
         "phases_s": {name: float(v) for name, v in _PHASE.findall(line)},
     }
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 def summarize(runs: list[dict]) -> dict:

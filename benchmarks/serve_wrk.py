@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import RESULTS, ROOT, require_extra, write_results
+from benchmarks.common import RESULTS, ROOT, require_extra, stop_group, write_results
 
 TINY = ROOT / ".bench" / "tiny"
 TEXT = "The new phone has a great camera and a long battery life."
@@ -91,18 +90,8 @@ def start(system: str, model: str, port: int, extra: Sequence[str] = ()) -> subp
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    stop(proc)
+    stop_group(proc)
     raise RuntimeError(f"{system} did not answer within 180 s; see {log.name}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 def wrk(url: str, body: dict, connections: int, seconds: float) -> dict:
@@ -203,7 +192,7 @@ def measure(system: str, model: str, args) -> dict:
                 1e3 * stats["inference_seconds"] / max(1, stats["batches"])
             )
     finally:
-        stop(proc)
+        stop_group(proc)
     return out
 
 

@@ -20,8 +20,8 @@ import time
 import httpx
 import psutil
 
-from benchmarks.common import RESULTS, require_extra, write_results
-from benchmarks.serve_wrk import SHAPES, ensure_tiny, start, stop
+from benchmarks.common import RESULTS, require_extra, stop_group, write_results
+from benchmarks.serve_wrk import SHAPES, ensure_tiny, start
 
 KINDS = ("ZeroShotIngress", "ZeroShotClassifier", "ServeController", "haproxy", "raylet", "gcs")
 
@@ -148,7 +148,7 @@ def main() -> None:
             minutes.append(row)
             print(minute, row["p50_ms"], row["p99_ms"], statuses, flush=True)
     finally:
-        stop(proc)
+        stop_group(proc)
     base = minutes[min(args.warmup, len(minutes)) - 1]["memory"]
     end = minutes[-1]["memory"]
     growth = {

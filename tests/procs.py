@@ -8,7 +8,6 @@ between (`psutil.NoSuchProcess` from `cmdline()`): such a child is simply not th
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from benchmarks.common import stop_group
 
 
 def children_named(pid: int, needle: str) -> list[psutil.Process]:
@@ -87,10 +88,4 @@ class Server:
                     f"{self.log.read_text()[-3000:]}")  # fmt: skip
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # Ctrl-C: serve.shutdown(), ray.shutdown()
-            try:
-                self.proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
+        stop_group(self.proc)  # Ctrl-C: serve.shutdown(), ray.shutdown()

@@ -40,13 +40,7 @@ WHITESPACE = "".join(chr(c) for c in range(0x3001) if chr(c).isspace()) + "\ufef
 
 def _labels_ok(text: str, most: int) -> bool:
     labels = parse_labels(text)
-    if not 1 <= len(labels) <= most:
-        return False
-    try:
-        check_labels(labels)
-    except InvalidInputError:
-        return False
-    return True
+    return 1 <= len(labels) <= most and _list_ok(labels)
 
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))

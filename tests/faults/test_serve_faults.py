@@ -25,6 +25,8 @@ import httpx
 import pytest
 from procs import children_named, listeners
 
+from benchmarks.common import stop_group
+
 # The repo root, for cluster/ (pytest puts only tests/ dirs on the path).
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -66,13 +68,7 @@ def serving(model: str, *extra: str):
             time.sleep(0.5)
         yield proc, url
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        stop_group(proc, signal.SIGTERM)
 
 
 def _check_answer(r: httpx.Response) -> str:

@@ -27,6 +27,7 @@ APP_FLAGS = (
     Flag("ingress.max_replicas", name="ingress-replicas"),
     Flag("ingress.min_replicas", name="ingress-min-replicas"),
     Flag("ingress.max_calls_in_flight"),
+    Flag("ingress.hedge_after_s"),
     Flag("classifier.torch_threads"),
     Flag("batching.max_batch_size"),
     Flag("batching.batch_wait_timeout_s"),

@@ -134,6 +134,14 @@ class IngressSettings(ReplicaSettings):
         "light load makes few full calls, heavy load overlaps them (and shows the autoscaler "
         "the classifier's load).",
     )
+    hedge_after_s: float = Field(
+        1.0,
+        ge=0,
+        description="A classifier call unanswered this long (or 3x the recent calls' 95th "
+        "percentile, when longer) is sent once more, to another replica, and the first answer "
+        "wins: a replica cut off by the network holds no call slot till the deadline. At most "
+        "a tenth of the calls are hedged over time (serve.hedge). 0: never hedge.",
+    )
 
 
 class IngressState(BaseModel):

@@ -29,6 +29,7 @@ from serve import contract
 from serve.coalesce import Coalescer
 from serve.config import INGRESS_NAME, AppConfig, IngressState
 from serve.errors import error_response, to_error
+from serve.hedge import Hedger
 from serve.metrics import Metrics, ingress_metrics, metrics_info
 from serve.schemas import (
     ClassifyRequest,
@@ -210,6 +211,7 @@ class Service:
             )
             for model_id in self.frontends
         }
+        self.hedgers = {m: Hedger(config.ingress.hedge_after_s) for m in self.frontends}
         self._ready_until = 0.0
         self.draining = False
         self.in_flight = 0  # requests accepted and not answered yet
@@ -269,13 +271,22 @@ class Service:
         if ok:
             counts = [len(encoded[i].pairs) for i in ok]
             pairs = Pairs.concat([encoded[i].pairs for i in ok])
-            try:
-                logits, errors = await self.score(model_id, pairs, counts)
-            except RETRYABLE as exc:
-                # Scoring is idempotent: a call whose classifier replica died is sent once
-                # more; Serve routes it to a live replica when there is one.
-                log.warning("classifier call failed (%r); retrying once", exc)
-                logits, errors = await self.score(model_id, pairs, counts)
+
+            async def attempt():
+                try:
+                    return await self.score(model_id, pairs, counts)
+                except RETRYABLE as exc:
+                    # Scoring is idempotent: a call whose classifier replica died is sent once
+                    # more; Serve routes it to a live replica when there is one.
+                    log.warning("classifier call failed (%r); retrying once", exc)
+                    return await self.score(model_id, pairs, counts)
+
+            hedger = self.hedgers[model_id]
+            hedged = hedger.hedged
+            deadline = time.monotonic() + self.config.request_timeout_s
+            logits, errors = await hedger.call(attempt, deadline)
+            if hedger.hedged > hedged:
+                metrics.inc("zeroshot_hedged_calls")
             t2 = time.perf_counter()
             for j, (i, rows) in enumerate(zip(ok, split(logits, counts))):
                 if j in errors:

@@ -60,6 +60,10 @@ NO_MODEL = "-"
 # bucket midpoints), so means such as pairs per batch come from these.
 COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "zeroshot_requests": ("Ingress: requests sent to the classifier.", ()),
+    "zeroshot_hedged_calls": (
+        "Ingress: classifier calls sent a second time, being slow past the hedge delay.",
+        (),
+    ),
     "zeroshot_request_errors": (
         "Ingress: requests answered with an error, by type and status.",
         ("type", "status"),
@@ -116,7 +120,7 @@ class Metrics:
 def ingress_metrics() -> Metrics:
     return Metrics(
         ["zeroshot_encode_seconds", "zeroshot_assemble_seconds", "zeroshot_call_requests"],
-        ["zeroshot_requests", "zeroshot_request_errors"],
+        ["zeroshot_requests", "zeroshot_request_errors", "zeroshot_hedged_calls"],
     )
 
 

@@ -8,10 +8,11 @@ and the other worker's for a worker fault; the workers' for a head fault), and b
 each proxy a new request every 0.25 s whatever the others wait for (open loop), the null backend
 at a device's pace, every 200 checked for its labels. Columns: requests by status (0: no HTTP
 answer: refused, cut, or past the client's deadline, the app's 30 s request timeout + 10 s),
-answers other than 200 or JSON 503, JSON 503s without Retry-After, seconds from the host's
-return to a replacement replica running on it and to a 200 through its own proxy, and for a
-head restart the share of 200s among the requests sent while the head was down or coming
-back. Offline rows: `zeroshot score` from the head host over files every host reads (this
+answers other than 200 or JSON 503, JSON 503s without Retry-After, answers slower than 2, 5
+and 30 s (a healthy call takes milliseconds: each of these waited on the fault), seconds from
+the host's return to a replacement replica running on it and to a 200 through its own proxy,
+and for a head restart the share of 200s among the requests sent while the head was down or
+coming back. Offline rows: `zeroshot score` from the head host over files every host reads (this
 machine's /tmp), the fault mid-job, the same command re-run when the run fails, and the rows
 lost or written twice; the baseline compares a one-node run's output with the hosts' one.
 
@@ -53,6 +54,7 @@ BACK_WITHIN_S = 90.0  # how long a row waits for the cluster to be whole again
 # clients all waiting on a host that went away send nothing, and a row would then say nothing
 # of what a request sent meanwhile gets.
 ARRIVAL_EVERY_S = 0.25
+SLOW_S = (2, 5, 30)  # answers slower than these are counted per row
 
 
 class Timeline:
@@ -160,6 +162,9 @@ def serve_row(name: str, args, *, gcs_ft: bool, fault=None) -> dict:
         row["bad_answers"] = sum(1 for _, s, _, j in merged.records
                                  if s != 200 and not (s == 503 and j))  # fmt: skip
         row["no_retry_after"] = sum(ld.no_retry_after for ld in loads)
+        # Answers that took longer than a healthy call ever does: each waited on the fault.
+        row["answers_over_s"] = {str(s): sum(1 for _, st, lat, _ in merged.records
+                                             if st and lat > s) for s in SLOW_S}  # fmt: skip
         row["by_target"] = {
             h.name: dict(Counter(str(s) for _, s, _, _ in ld.records))
             for h, ld in zip(targets, loads)
@@ -414,9 +419,11 @@ def _f(v, fmt="{:.1f}") -> str:
 
 
 def table(rows: list[dict]) -> str:
+    slow = "/".join(map(str, SLOW_S))
     out = ["| path | fault | statuses (requests) | bad answers / 503 w/o Retry-After | "
-           "recovery s | replica placed / own proxy s after return | 200s during head restart "
-           "| rows lost / twice | exit codes | notes |", "|---|" * 1 + "---|" * 9]  # fmt: skip
+           f"answers over {slow} s | recovery s | replica placed / own proxy s after return | "
+           "200s during head restart | rows lost / twice | exit codes | notes |",
+           "|---|" * 1 + "---|" * 10]  # fmt: skip
     for r in rows:
         if r["path"] == "serve":
             st = ", ".join(f"{k}: {v}" for k, v in r["statuses"].items())
@@ -425,9 +432,11 @@ def table(rows: list[dict]) -> str:
             share = r.get("ok_share_during_restart")
             share_s = "-" if share is None else (
                 f"{100 * share:.1f}% of {r['during_restart']['requests']}")  # fmt: skip
+            over = " / ".join(str(v) for v in r.get("answers_over_s", {}).values()) or "-"
             out.append(
                 f"| serve | {r['fault']} | {st} ({r['requests']}) | {r['bad_answers']} / "
-                f"{r['no_retry_after']} | {_f(r['recovery_s'])} | {_f(r.get('placed_s'))} / "
+                f"{r['no_retry_after']} | {over} | {_f(r['recovery_s'])} | "
+                f"{_f(r.get('placed_s'))} / "
                 f"{_f(r.get('own_proxy_s'))} | {share_s} | - | - | {'; '.join(r['notes'])} |"
             )
         else:
@@ -442,7 +451,7 @@ def table(rows: list[dict]) -> str:
             if "rerun_s" in r:
                 notes.append(f"re-run {r['rerun_s']} s")
             out.append(
-                f"| offline | {r['fault']} | - | - | - | - | - | {r['lost']} / {r['twice']} | "
+                f"| offline | {r['fault']} | - | - | - | - | - | - | {r['lost']} / {r['twice']} | "
                 f"{', '.join(map(str, r['exit']))} | {'; '.join(notes)} |"
             )
     return "\n".join(out)

@@ -16,23 +16,17 @@ from zeroshot.errors import InvalidInputError
 Labels = StrictStr | list[Any] | None
 
 
+# The request models parse; the OpenAPI document's words and rules for these bodies are
+# serve.contract's (built from the live limits and served models), not these fields'.
+
+
 class HFParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    candidate_labels: Labels = Field(
-        None, description="Labels to score: a list, or one comma-separated string."
-    )
-    multi_label: StrictBool | None = Field(
-        None, description="Score each label independently (default false: scores sum to 1)."
-    )
-    hypothesis_template: StrictStr | None = Field(
-        None, description='Hypothesis with {} for the label (default "This example is {}.").'
-    )
-    model: StrictStr | None = Field(
-        None,
-        description="Which served model scores it (GET /v1/info lists them); default: "
-        "the first. POST /models/{id} names it in the path instead.",
-    )
+    candidate_labels: Labels = None
+    multi_label: StrictBool | None = None
+    hypothesis_template: StrictStr | None = None
+    model: StrictStr | None = None  # POST /models/{id} names it in the path instead
 
 
 class HFRequest(BaseModel):
@@ -40,13 +34,9 @@ class HFRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    inputs: StrictStr | list[Any] = Field(description="One text, or a list of texts.")
-    parameters: HFParameters = Field(
-        default_factory=HFParameters, description="Labels and scoring options."
-    )
-    options: dict[str, Any] | None = Field(
-        None, description="Inference API options (wait_for_model, use_cache); accepted, ignored."
-    )
+    inputs: StrictStr | list[Any]
+    parameters: HFParameters = Field(default_factory=HFParameters)
+    options: dict[str, Any] | None = None  # the Inference API's; accepted, ignored
 
 
 class ClassifyRequest(BaseModel):
@@ -54,20 +44,11 @@ class ClassifyRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sequences: StrictStr | list[Any] = Field(description="Texts to classify.")
-    candidate_labels: Labels = Field(
-        None, description="Labels to score: a list, or one comma-separated string."
-    )
-    multi_label: StrictBool | None = Field(
-        None, description="Score each label independently (default false: scores sum to 1)."
-    )
-    hypothesis_template: StrictStr | None = Field(
-        None, description='Hypothesis with {} for the label (default "This example is {}.").'
-    )
-    model: StrictStr | None = Field(
-        None,
-        description="Which served model scores them (GET /v1/info lists them); default: the first.",
-    )
+    sequences: StrictStr | list[Any]
+    candidate_labels: Labels = None
+    multi_label: StrictBool | None = None
+    hypothesis_template: StrictStr | None = None
+    model: StrictStr | None = None
 
 
 class LabelScore(BaseModel):

@@ -13,7 +13,6 @@ the multi-GB CUDA build an unpinned variant pulls.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -55,30 +54,10 @@ def build(
         args += ["--build-arg", f"{name}={value}"]
     if secret_file is not None:
         args += ["--secret", f"id=hf_token,src={secret_file}"]
-    before = podman.image_ids()
     start = time.monotonic()
-    try:
-        podman.run(
-            "build",
-            "--network",
-            "host",  # pip reaches the registry as the host does
-            "--file",
-            str(DOCKERFILE),
-            "--ignorefile",
-            str(IGNOREFILE),  # Docker finds it by its name; podman 4.3 is told
-            *args,
-            *sources.podman_args(),
-            "--tag",
-            tag,
-            str(context),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            timeout=1800,
-        )
-    except BaseException:
-        podman.remove_image(tag)
-        podman.remove_new_untagged(before)
-        raise
+    # Docker finds the ignore file by its name; podman 4.3 is told.
+    podman.build(tag, DOCKERFILE, context, "--ignorefile", str(IGNOREFILE), *args,
+                 *sources.podman_args(), log=log)  # fmt: skip
     return Built(tag, time.monotonic() - start)
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -103,6 +104,21 @@ def remove_new_untagged(before: set[str]) -> None:
     ):
         if not image.get("RepoTags"):
             remove_image(image["Id"])
+
+
+def build(tag: str, containerfile: Path, context: Path, *args: str, log=sys.stderr) -> None:
+    """`podman build` of `containerfile` as `tag` (host network: pip and apt reach their
+    registries as the host does), output to `log`. On failure the image and the cached steps
+    this build left behind are removed."""
+    before = image_ids()
+    try:
+        run("build", "--network", "host", "--file", str(containerfile), *args,
+            "--tag", tag, str(context), stdout=log, stderr=subprocess.STDOUT,
+            timeout=1800)  # fmt: skip
+    except BaseException:
+        remove_image(tag)
+        remove_new_untagged(before)
+        raise
 
 
 def remove_container(name: str) -> None:

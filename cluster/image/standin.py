@@ -59,7 +59,6 @@ def ensure(log=sys.stderr) -> Base:
     if podman.image_exists(ref):
         return Base(ref, built=False, seconds=0.0)
     start = time.monotonic()
-    before = podman.image_ids()
     rootfs_ref = f"localhost/zeroshot-standin-rootfs:{ref.rsplit(':', 1)[1]}"
     try:
         with tempfile.TemporaryDirectory(prefix="zeroshot-standin-") as tmp:
@@ -84,28 +83,9 @@ def ensure(log=sys.stderr) -> Base:
             )
             podman.run("import", "--quiet", tar, rootfs_ref, timeout=600)
         print(f"standin: building {ref}", file=log, flush=True)
-        podman.run(
-            "build",
-            "--network",
-            "host",  # apt and pip reach their registries as the host does
-            "--file",
-            str(CONTAINERFILE),
-            "--build-arg",
-            f"ROOTFS={rootfs_ref}",
-            "--build-arg",
-            f"RAY_VERSION={RAY_VERSION}",
-            *hostpip.host_pip_sources().podman_args(),
-            "--tag",
-            ref,
-            str(podman.HERE),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            timeout=1800,
-        )
-    except BaseException:
-        podman.remove_image(ref)
-        podman.remove_new_untagged(before)
-        raise
+        podman.build(ref, CONTAINERFILE, podman.HERE, "--build-arg", f"ROOTFS={rootfs_ref}",
+                     "--build-arg", f"RAY_VERSION={RAY_VERSION}",
+                     *hostpip.host_pip_sources().podman_args(), log=log)  # fmt: skip
     finally:
         # The base keeps the root file system's layer; the imported image itself goes.
         podman.remove_image(rootfs_ref)

@@ -5,13 +5,15 @@ Why the ingress needs it: a classifier replica cut off by the network (a partiti
 one lost without a FIN or RST) never answers, and it is not declared dead for tens of seconds.
 Until then Serve's router keeps choosing it, since it looks idle. Each call sent there holds
 one of the ingress's few call slots (`IngressSettings.max_calls_in_flight`) until the
-request's deadline. After the link comes back, a connection that carried data into the
-partition can stay in TCP's retransmission backoff for another 20 s. A hedge goes to another
-replica: the router now counts the first copy as outstanding on the silent one.
+request's deadline. A hedge is routed while the first copy still counts as outstanding on
+the silent replica, so it most likely goes to another one. On the host cluster this took the
+burst of deadline 503s out of a 30 s partition (benchmarks/faults_hosts); what it does not
+cover is a wait before the call (HAProxy on a cut ingress) or after the link is back
+(issue 24).
 
 The losing copy is not cancelled when the winner answers. It keeps running until it ends or
-its deadline passes, so the router keeps counting it against a replica that does not answer,
-and further calls go elsewhere. Cancelling it would make that replica look free again.
+its deadline passes, so the router's count for a replica that does not answer stays up.
+Cancelling it would make that replica look free again.
 
 Two limits keep hedging from doubling the load in a real overload, where every call is slow:
 - the delay follows the calls themselves: `FACTOR` times their recent 95th percentile, never
